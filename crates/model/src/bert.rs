@@ -1,0 +1,442 @@
+//! BERT as Burn modules.
+//!
+//! Module and field names mirror HF `modeling_bert.py` (and so the checkpoint keys:
+//! `encoder.layer.3.attention.self.query.weight` lives at `encoder.layer[3].attention.self_attn.query`),
+//! which keeps loading a plain walk over the key list. Linear weights are stored as Burn's
+//! `[d_in, d_out]`, i.e. transposed relative to PyTorch.
+//!
+//! Self-attention can take per-layer key/value prefixes: prefix tuning feeds those, and the
+//! attention mask is extended by ones for them, as peft does with `past_key_values`.
+
+use burn::nn::{
+    Dropout, DropoutConfig, Embedding, EmbeddingConfig, LayerNorm, LayerNormConfig, Linear,
+    LinearConfig,
+};
+use burn::prelude::*;
+use burn::tensor::activation;
+
+use crate::config::BertConfig;
+
+/// Key/value tensors prepended to one layer's attention, each `[batch, heads, prefix_len, head_dim]`.
+#[derive(Debug, Clone)]
+pub struct LayerPrefix {
+    pub key: Tensor<4>,
+    pub value: Tensor<4>,
+}
+
+/// Inputs of one forward pass. `attention_mask` is 1.0 for real tokens and 0.0 for padding.
+#[derive(Debug, Clone)]
+pub struct BertInput {
+    pub input_ids: Tensor<2, Int>,
+    pub token_type_ids: Tensor<2, Int>,
+    pub attention_mask: Tensor<2>,
+}
+
+/// Where the encoder reads its input from, beyond the token ids.
+#[derive(Debug, Clone, Default)]
+pub struct BertExtras {
+    /// Per-layer key/value prefixes (prefix tuning); the mask is extended by ones for them.
+    pub prefix: Option<Vec<LayerPrefix>>,
+    /// Embeddings `[batch, n, hidden]` prepended to the word embeddings (prompt / p-tuning);
+    /// the pooler then reads the first virtual token, as in peft.
+    pub prompt: Option<Tensor<3>>,
+}
+
+#[derive(Module, Debug)]
+pub struct BertEmbeddings {
+    pub word_embeddings: Embedding,
+    pub position_embeddings: Embedding,
+    pub token_type_embeddings: Embedding,
+    pub layer_norm: LayerNorm,
+    pub dropout: Dropout,
+}
+
+impl BertEmbeddings {
+    pub fn new(config: &BertConfig, device: &Device) -> Self {
+        Self {
+            word_embeddings: EmbeddingConfig::new(config.vocab_size, config.hidden_size)
+                .init(device),
+            position_embeddings: EmbeddingConfig::new(
+                config.max_position_embeddings,
+                config.hidden_size,
+            )
+            .init(device),
+            token_type_embeddings: EmbeddingConfig::new(config.type_vocab_size, config.hidden_size)
+                .init(device),
+            layer_norm: layer_norm(config, device),
+            dropout: DropoutConfig::new(config.hidden_dropout_prob).init(),
+        }
+    }
+
+    /// `prompt` (`[batch, n, hidden]`) is prepended to the word embeddings with token type 0, as
+    /// peft's prompt tuning and p-tuning do through `inputs_embeds`. `position_offset` shifts the
+    /// position ids, as HF does by `past_key_values_length` when peft's prefix tuning passes
+    /// key/value prefixes: positions then start at the prefix length.
+    pub fn forward(
+        &self,
+        input_ids: Tensor<2, Int>,
+        token_type_ids: Tensor<2, Int>,
+        prompt: Option<&Tensor<3>>,
+        position_offset: usize,
+    ) -> Tensor<3> {
+        let device = input_ids.device();
+        let mut words = self.word_embeddings.forward(input_ids);
+        let mut types = token_type_ids;
+        if let Some(prompt) = prompt {
+            let [batch, n, _] = prompt.dims();
+            words = Tensor::cat(vec![prompt.clone(), words], 1);
+            types = Tensor::cat(vec![Tensor::zeros([batch, n], &device), types], 1);
+        }
+        let [_, seq_len, _] = words.dims();
+        let positions = Tensor::<1, Int>::arange(
+            position_offset as i64..(position_offset + seq_len) as i64,
+            &device,
+        )
+        .unsqueeze_dim::<2>(0);
+        let embeddings = words
+            + self.token_type_embeddings.forward(types)
+            + self.position_embeddings.forward(positions);
+        self.dropout.forward(self.layer_norm.forward(embeddings))
+    }
+}
+
+#[derive(Module, Debug)]
+pub struct BertSelfAttention {
+    pub query: Linear,
+    pub key: Linear,
+    pub value: Linear,
+    pub dropout: Dropout,
+    num_attention_heads: usize,
+}
+
+impl BertSelfAttention {
+    pub fn new(config: &BertConfig, device: &Device) -> Self {
+        let h = config.hidden_size;
+        Self {
+            query: LinearConfig::new(h, h).init(device),
+            key: LinearConfig::new(h, h).init(device),
+            value: LinearConfig::new(h, h).init(device),
+            dropout: DropoutConfig::new(config.attention_probs_dropout_prob).init(),
+            num_attention_heads: config.num_attention_heads,
+        }
+    }
+
+    /// From loaded projections (see [`crate::load`]).
+    pub fn from_parts(config: &BertConfig, query: Linear, key: Linear, value: Linear) -> Self {
+        Self {
+            query,
+            key,
+            value,
+            dropout: DropoutConfig::new(config.attention_probs_dropout_prob).init(),
+            num_attention_heads: config.num_attention_heads,
+        }
+    }
+
+    pub fn num_attention_heads(&self) -> usize {
+        self.num_attention_heads
+    }
+
+    /// `[batch, seq, hidden]` -> `[batch, heads, seq, head_dim]`.
+    fn split_heads(&self, x: Tensor<3>) -> Tensor<4> {
+        let [batch, seq, hidden] = x.dims();
+        let heads = self.num_attention_heads;
+        x.reshape([batch, seq, heads, hidden / heads])
+            .swap_dims(1, 2)
+    }
+
+    /// `mask_bias` is `[batch, 1, 1, keys]`: 0 where a key may be attended, a large negative
+    /// value where not; `keys` counts the prefix too when one is given.
+    pub fn forward(
+        &self,
+        hidden: Tensor<3>,
+        mask_bias: Tensor<4>,
+        prefix: Option<&LayerPrefix>,
+    ) -> Tensor<3> {
+        let [batch, seq, hidden_size] = hidden.dims();
+        let head_dim = hidden_size / self.num_attention_heads;
+        let query = self.split_heads(self.query.forward(hidden.clone()));
+        let mut key = self.split_heads(self.key.forward(hidden.clone()));
+        let mut value = self.split_heads(self.value.forward(hidden));
+        if let Some(prefix) = prefix {
+            key = Tensor::cat(vec![prefix.key.clone(), key], 2);
+            value = Tensor::cat(vec![prefix.value.clone(), value], 2);
+        }
+        let scores = query.matmul(key.swap_dims(2, 3)) / (head_dim as f64).sqrt() + mask_bias;
+        let probs = self.dropout.forward(activation::softmax(scores, 3));
+        probs
+            .matmul(value)
+            .swap_dims(1, 2)
+            .reshape([batch, seq, hidden_size])
+    }
+}
+
+/// Dense + dropout + residual LayerNorm: HF's `BertSelfOutput` and `BertOutput` share this shape.
+#[derive(Module, Debug)]
+pub struct BertResidualOutput {
+    pub dense: Linear,
+    pub layer_norm: LayerNorm,
+    pub dropout: Dropout,
+}
+
+impl BertResidualOutput {
+    pub fn new(config: &BertConfig, d_input: usize, device: &Device) -> Self {
+        Self {
+            dense: LinearConfig::new(d_input, config.hidden_size).init(device),
+            layer_norm: layer_norm(config, device),
+            dropout: DropoutConfig::new(config.hidden_dropout_prob).init(),
+        }
+    }
+
+    pub fn forward(&self, hidden: Tensor<3>, residual: Tensor<3>) -> Tensor<3> {
+        let hidden = self.dropout.forward(self.dense.forward(hidden));
+        self.layer_norm.forward(hidden + residual)
+    }
+}
+
+#[derive(Module, Debug)]
+pub struct BertAttention {
+    /// HF's `attention.self` (a Rust keyword).
+    pub self_attn: BertSelfAttention,
+    pub output: BertResidualOutput,
+}
+
+#[derive(Module, Debug)]
+pub struct BertIntermediate {
+    pub dense: Linear,
+    #[module(skip)]
+    act: Activation,
+}
+
+/// The feed-forward activation, from `hidden_act`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Activation {
+    /// Exact (erf) GELU, as HF's `gelu`.
+    Gelu,
+    /// Tanh approximation, HF's `gelu_new`.
+    GeluNew,
+    Relu,
+}
+
+impl Activation {
+    fn from_name(name: &str) -> Self {
+        match name {
+            "gelu_new" => Self::GeluNew,
+            "relu" => Self::Relu,
+            _ => Self::Gelu,
+        }
+    }
+
+    fn forward(&self, x: Tensor<3>) -> Tensor<3> {
+        match self {
+            Self::Gelu => activation::gelu(x),
+            Self::GeluNew => activation::gelu_approximate(x),
+            Self::Relu => activation::relu(x),
+        }
+    }
+}
+
+impl BertIntermediate {
+    pub fn forward(&self, hidden: Tensor<3>) -> Tensor<3> {
+        self.act.forward(self.dense.forward(hidden))
+    }
+}
+
+#[derive(Module, Debug)]
+pub struct BertLayer {
+    pub attention: BertAttention,
+    pub intermediate: BertIntermediate,
+    pub output: BertResidualOutput,
+}
+
+impl BertLayer {
+    pub fn new(config: &BertConfig, device: &Device) -> Self {
+        Self {
+            attention: BertAttention {
+                self_attn: BertSelfAttention::new(config, device),
+                output: BertResidualOutput::new(config, config.hidden_size, device),
+            },
+            intermediate: BertIntermediate {
+                dense: LinearConfig::new(config.hidden_size, config.intermediate_size).init(device),
+                act: Activation::from_name(&config.hidden_act),
+            },
+            output: BertResidualOutput::new(config, config.intermediate_size, device),
+        }
+    }
+
+    /// From loaded parts (see [`crate::load`]).
+    pub fn from_parts(
+        config: &BertConfig,
+        self_attn: BertSelfAttention,
+        attention_output: BertResidualOutput,
+        intermediate_dense: Linear,
+        output: BertResidualOutput,
+    ) -> Self {
+        Self {
+            attention: BertAttention {
+                self_attn,
+                output: attention_output,
+            },
+            intermediate: BertIntermediate {
+                dense: intermediate_dense,
+                act: Activation::from_name(&config.hidden_act),
+            },
+            output,
+        }
+    }
+
+    pub fn forward(
+        &self,
+        hidden: Tensor<3>,
+        mask_bias: Tensor<4>,
+        prefix: Option<&LayerPrefix>,
+    ) -> Tensor<3> {
+        let attn = self
+            .attention
+            .self_attn
+            .forward(hidden.clone(), mask_bias, prefix);
+        let attn = self.attention.output.forward(attn, hidden);
+        let ffn = self.intermediate.forward(attn.clone());
+        self.output.forward(ffn, attn)
+    }
+}
+
+#[derive(Module, Debug)]
+pub struct BertEncoder {
+    pub layer: Vec<BertLayer>,
+}
+
+#[derive(Module, Debug)]
+pub struct BertPooler {
+    pub dense: Linear,
+}
+
+impl BertPooler {
+    /// tanh(dense(hidden state of the first token)).
+    pub fn forward(&self, hidden: Tensor<3>) -> Tensor<2> {
+        let [batch, _, hidden_size] = hidden.dims();
+        let first = hidden.narrow(1, 0, 1).reshape([batch, hidden_size]);
+        self.dense.forward(first).tanh()
+    }
+}
+
+/// Output of [`BertModel::forward`].
+#[derive(Debug, Clone)]
+pub struct BertOutput {
+    /// `[batch, seq, hidden]`, for the real tokens only (prompt positions are removed).
+    pub last_hidden_state: Tensor<3>,
+    /// `[batch, hidden]`, when the checkpoint has a pooler.
+    pub pooler_output: Option<Tensor<2>>,
+}
+
+#[derive(Module, Debug)]
+pub struct BertModel {
+    pub embeddings: BertEmbeddings,
+    pub encoder: BertEncoder,
+    pub pooler: Option<BertPooler>,
+}
+
+impl BertModel {
+    /// A randomly initialised model (weights are normally loaded with [`crate::load`]).
+    pub fn new(config: &BertConfig, with_pooler: bool, device: &Device) -> Self {
+        Self {
+            embeddings: BertEmbeddings::new(config, device),
+            encoder: BertEncoder {
+                layer: (0..config.num_hidden_layers)
+                    .map(|_| BertLayer::new(config, device))
+                    .collect(),
+            },
+            pooler: with_pooler.then(|| BertPooler {
+                dense: LinearConfig::new(config.hidden_size, config.hidden_size).init(device),
+            }),
+        }
+    }
+
+    pub fn forward(&self, input: BertInput, extras: &BertExtras) -> BertOutput {
+        let BertInput {
+            input_ids,
+            token_type_ids,
+            attention_mask,
+        } = input;
+        let [batch, _] = input_ids.dims();
+        let device = input_ids.device();
+        let prefix_len = extras
+            .prefix
+            .as_ref()
+            .and_then(|p| p.first())
+            .map_or(0, |p| p.key.dims()[2]);
+
+        let mut hidden = self.embeddings.forward(
+            input_ids,
+            token_type_ids,
+            extras.prompt.as_ref(),
+            prefix_len,
+        );
+        // Virtual tokens (prompt or prefix) are always attended.
+        let prompt_len = extras.prompt.as_ref().map_or(0, |p| p.dims()[1]);
+        let mut mask = attention_mask;
+        if prompt_len + prefix_len > 0 {
+            let ones = Tensor::ones([batch, prompt_len + prefix_len], &device);
+            mask = Tensor::cat(vec![ones, mask], 1);
+        }
+        let mask_bias = mask_bias(mask);
+
+        for (i, layer) in self.encoder.layer.iter().enumerate() {
+            let prefix = extras.prefix.as_ref().map(|p| &p[i]);
+            hidden = layer.forward(hidden, mask_bias.clone(), prefix);
+        }
+        let pooler_output = self.pooler.as_ref().map(|p| p.forward(hidden.clone()));
+        if prompt_len > 0 {
+            let total = hidden.dims()[1];
+            hidden = hidden.narrow(1, prompt_len, total - prompt_len);
+        }
+        BertOutput {
+            last_hidden_state: hidden,
+            pooler_output,
+        }
+    }
+}
+
+/// `[batch, keys]` mask of ones/zeros -> additive bias `[batch, 1, 1, keys]`, HF's
+/// `(1 - mask) * finfo(float32).min`.
+pub fn mask_bias(mask: Tensor<2>) -> Tensor<4> {
+    let bias = (mask.neg() + 1.0) * f32::MIN as f64;
+    bias.unsqueeze_dims::<4>(&[1, 2])
+}
+
+fn layer_norm(config: &BertConfig, device: &Device) -> LayerNorm {
+    LayerNormConfig::new(config.hidden_size)
+        .with_epsilon(config.layer_norm_eps)
+        .init(device)
+}
+
+/// BERT + dropout + linear, HF's `BertForSequenceClassification`: logits from the pooled output.
+#[derive(Module, Debug)]
+pub struct BertForSequenceClassification {
+    pub bert: BertModel,
+    pub dropout: Dropout,
+    pub classifier: Linear,
+}
+
+impl BertForSequenceClassification {
+    pub fn new(config: &BertConfig, num_labels: usize, device: &Device) -> Self {
+        Self {
+            bert: BertModel::new(config, true, device),
+            dropout: DropoutConfig::new(
+                config
+                    .classifier_dropout
+                    .unwrap_or(config.hidden_dropout_prob),
+            )
+            .init(),
+            classifier: LinearConfig::new(config.hidden_size, num_labels).init(device),
+        }
+    }
+
+    /// Logits `[batch, num_labels]`.
+    pub fn forward(&self, input: BertInput, extras: &BertExtras) -> Tensor<2> {
+        let out = self.bert.forward(input, extras);
+        let pooled = out
+            .pooler_output
+            .expect("BertForSequenceClassification always has a pooler");
+        self.classifier.forward(self.dropout.forward(pooled))
+    }
+}

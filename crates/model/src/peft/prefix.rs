@@ -1,0 +1,102 @@
+//! Prefix tuning (Li & Liang, 2021) as peft implements it for encoders.
+//!
+//! peft's `PrefixEncoder` is an `Embedding(num_virtual_tokens, num_layers * 2 * hidden)`, or with
+//! `prefix_projection` an `Embedding(num_virtual_tokens, hidden)` followed by
+//! `Linear(hidden, encoder_hidden_size) -> tanh -> Linear(encoder_hidden_size, num_layers * 2 * hidden)`.
+//! Its output is cut into one key and one value prefix per layer: along the last axis, layer `i`'s
+//! key is block `2i` and its value block `2i + 1`, each split into heads.
+
+use burn::nn::{Embedding, EmbeddingConfig, Linear, LinearConfig};
+use burn::prelude::*;
+
+use crate::bert::LayerPrefix;
+use crate::config::BertConfig;
+
+#[derive(Config, Debug)]
+pub struct PrefixTuningConfig {
+    #[config(default = 20)]
+    pub num_virtual_tokens: usize,
+    #[config(default = false)]
+    pub prefix_projection: bool,
+    /// Hidden size of the projection MLP (peft's `encoder_hidden_size`).
+    #[config(default = 128)]
+    pub encoder_hidden_size: usize,
+}
+
+/// The projection MLP of `prefix_projection = true`: peft's `transform`.
+#[derive(Module, Debug)]
+pub struct PrefixProjection {
+    pub dense_in: Linear,
+    pub dense_out: Linear,
+}
+
+#[derive(Module, Debug)]
+pub struct PrefixEncoder {
+    pub embedding: Embedding,
+    pub transform: Option<PrefixProjection>,
+    num_layers: usize,
+    num_heads: usize,
+    hidden: usize,
+}
+
+impl PrefixEncoder {
+    pub fn new(config: &PrefixTuningConfig, bert: &BertConfig, device: &Device) -> Self {
+        let out = bert.num_hidden_layers * 2 * bert.hidden_size;
+        let (embedding, transform) = if config.prefix_projection {
+            let emb =
+                EmbeddingConfig::new(config.num_virtual_tokens, bert.hidden_size).init(device);
+            let proj = PrefixProjection {
+                dense_in: LinearConfig::new(bert.hidden_size, config.encoder_hidden_size)
+                    .init(device),
+                dense_out: LinearConfig::new(config.encoder_hidden_size, out).init(device),
+            };
+            (emb, Some(proj))
+        } else {
+            (
+                EmbeddingConfig::new(config.num_virtual_tokens, out).init(device),
+                None,
+            )
+        };
+        Self {
+            embedding,
+            transform,
+            num_layers: bert.num_hidden_layers,
+            num_heads: bert.num_attention_heads,
+            hidden: bert.hidden_size,
+        }
+    }
+
+    pub fn num_virtual_tokens(&self) -> usize {
+        self.embedding.weight.dims()[0]
+    }
+
+    /// Per-layer key/value prefixes for a batch: peft's `get_prompt` for prefix tuning.
+    pub fn forward(&self, batch: usize) -> Vec<LayerPrefix> {
+        let p = self.num_virtual_tokens();
+        let device = self.embedding.weight.device();
+        let tokens = Tensor::<1, Int>::arange(0..p as i64, &device).unsqueeze_dim::<2>(0);
+        let mut kv = self.embedding.forward(tokens); // [1, P, out or hidden]
+        if let Some(t) = &self.transform {
+            kv = t.dense_out.forward(t.dense_in.forward(kv).tanh());
+        }
+        let (heads, head_dim) = (self.num_heads, self.hidden / self.num_heads);
+        // [1, P, L*2, heads, head_dim] -> [L*2, 1, heads, P, head_dim]
+        let kv = kv
+            .reshape([1, p, self.num_layers * 2, heads, head_dim])
+            .permute([2, 0, 3, 1, 4]);
+        (0..self.num_layers)
+            .map(|i| {
+                let take = |j: usize| {
+                    kv.clone()
+                        .narrow(0, j, 1)
+                        .reshape([1, heads, p, head_dim])
+                        .expand([batch, heads, p, head_dim])
+                };
+                LayerPrefix {
+                    key: take(2 * i),
+                    value: take(2 * i + 1),
+                }
+            })
+            .collect()
+    }
+}

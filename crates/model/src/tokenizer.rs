@@ -1,0 +1,192 @@
+//! Text -> token ids, as HF's BERT tokenizers do it.
+//!
+//! A model directory's `tokenizer.json` is used when present (it is exactly what HF's fast
+//! tokenizer runs). Older checkpoints ship only `vocab.txt`; then the BERT WordPiece pipeline is
+//! assembled here (normaliser with Chinese-character splitting, BERT pre-tokeniser, WordPiece,
+//! `[CLS] ... [SEP]`), with `do_lower_case` read from `tokenizer_config.json`.
+
+use std::path::{Path, PathBuf};
+
+use burn::prelude::*;
+use burn::tensor::TensorData;
+use tokenizers::models::wordpiece::WordPiece;
+use tokenizers::normalizers::bert::BertNormalizer;
+use tokenizers::pre_tokenizers::bert::BertPreTokenizer;
+use tokenizers::processors::bert::BertProcessing;
+use tokenizers::{Tokenizer, TruncationParams};
+
+use crate::bert::BertInput;
+use crate::error::{ModelError, Result};
+
+/// One tokenised text, before padding.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Encoded {
+    pub input_ids: Vec<u32>,
+    pub token_type_ids: Vec<u32>,
+}
+
+impl Encoded {
+    pub fn len(&self) -> usize {
+        self.input_ids.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.input_ids.is_empty()
+    }
+}
+
+#[derive(Clone)]
+pub struct BertTokenizer {
+    inner: Tokenizer,
+    pad_id: u32,
+    source: PathBuf,
+}
+
+impl std::fmt::Debug for BertTokenizer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BertTokenizer")
+            .field("source", &self.source)
+            .finish()
+    }
+}
+
+fn tok_error(path: &Path, message: impl std::fmt::Display) -> ModelError {
+    ModelError::Tokenizer {
+        path: path.to_path_buf(),
+        message: message.to_string(),
+    }
+}
+
+impl BertTokenizer {
+    /// From a model directory: `tokenizer.json`, else `vocab.txt` (+ `tokenizer_config.json`).
+    pub fn from_dir(dir: &Path, max_length: usize) -> Result<Self> {
+        let json = dir.join("tokenizer.json");
+        let vocab = dir.join("vocab.txt");
+        let mut tok = if json.is_file() {
+            Self::from_tokenizer_json(&json)?
+        } else if vocab.is_file() {
+            Self::from_vocab(&vocab, do_lower_case(dir)?)?
+        } else {
+            return Err(tok_error(
+                dir,
+                "neither tokenizer.json nor vocab.txt found in the model directory",
+            ));
+        };
+        tok.set_max_length(max_length)?;
+        Ok(tok)
+    }
+
+    pub fn from_tokenizer_json(path: &Path) -> Result<Self> {
+        let mut inner = Tokenizer::from_file(path).map_err(|e| tok_error(path, e))?;
+        // Padding is the batcher's job (dynamic, to the longest item of a batch).
+        inner.with_padding(None);
+        let pad_id = inner.token_to_id("[PAD]").unwrap_or(0);
+        Ok(Self {
+            inner,
+            pad_id,
+            source: path.to_path_buf(),
+        })
+    }
+
+    /// The BERT WordPiece pipeline of HF's `BertTokenizerFast`, built from `vocab.txt`.
+    pub fn from_vocab(path: &Path, lowercase: bool) -> Result<Self> {
+        let path_str = path
+            .to_str()
+            .ok_or_else(|| tok_error(path, "path is not valid UTF-8"))?;
+        let wordpiece = WordPiece::from_file(path_str)
+            .unk_token("[UNK]".into())
+            .build()
+            .map_err(|e| tok_error(path, e))?;
+        let mut inner = Tokenizer::new(wordpiece);
+        let id = |t: &str| {
+            inner
+                .token_to_id(t)
+                .ok_or_else(|| tok_error(path, format!("vocabulary has no {t} token")))
+        };
+        let (cls, sep) = (id("[CLS]")?, id("[SEP]")?);
+        let pad_id = id("[PAD]").unwrap_or(0);
+        inner.with_normalizer(Some(BertNormalizer::new(true, true, None, lowercase)));
+        inner.with_pre_tokenizer(Some(BertPreTokenizer));
+        inner.with_post_processor(Some(BertProcessing::new(
+            ("[SEP]".into(), sep),
+            ("[CLS]".into(), cls),
+        )));
+        Ok(Self {
+            inner,
+            pad_id,
+            source: path.to_path_buf(),
+        })
+    }
+
+    /// Truncate every encoding to `max_length` tokens, special tokens included.
+    pub fn set_max_length(&mut self, max_length: usize) -> Result<()> {
+        if max_length < 3 {
+            return Err(tok_error(&self.source, "max_length must be at least 3"));
+        }
+        self.inner
+            .with_truncation(Some(TruncationParams {
+                max_length,
+                ..Default::default()
+            }))
+            .map_err(|e| tok_error(&self.source, e))?;
+        Ok(())
+    }
+
+    pub fn pad_id(&self) -> u32 {
+        self.pad_id
+    }
+
+    pub fn vocab_size(&self) -> usize {
+        self.inner.get_vocab_size(true)
+    }
+
+    pub fn encode(&self, text: &str) -> Result<Encoded> {
+        let enc = self
+            .inner
+            .encode(text, true)
+            .map_err(|e| tok_error(&self.source, e))?;
+        Ok(Encoded {
+            input_ids: enc.get_ids().to_vec(),
+            token_type_ids: enc.get_type_ids().to_vec(),
+        })
+    }
+
+    pub fn encode_batch(&self, texts: &[&str]) -> Result<Vec<Encoded>> {
+        texts.iter().map(|t| self.encode(t)).collect()
+    }
+}
+
+/// `do_lower_case` from `tokenizer_config.json`; HF's BertTokenizer default is true.
+fn do_lower_case(dir: &Path) -> Result<bool> {
+    let path = dir.join("tokenizer_config.json");
+    if !path.is_file() {
+        return Ok(true);
+    }
+    let text = std::fs::read_to_string(&path).map_err(|e| ModelError::io(&path, e))?;
+    let value: serde_json::Value = serde_json::from_str(&text).map_err(|e| tok_error(&path, e))?;
+    Ok(value
+        .get("do_lower_case")
+        .and_then(|v| v.as_bool())
+        .unwrap_or(true))
+}
+
+/// Pads a batch to its longest item (dynamic padding) and builds the model input.
+pub fn pad_batch(items: &[Encoded], pad_id: u32, device: &Device) -> BertInput {
+    let batch = items.len();
+    let len = items.iter().map(Encoded::len).max().unwrap_or(0).max(1);
+    let mut ids = vec![pad_id as i64; batch * len];
+    let mut types = vec![0i64; batch * len];
+    let mut mask = vec![0f32; batch * len];
+    for (row, item) in items.iter().enumerate() {
+        for (col, (&id, &ty)) in item.input_ids.iter().zip(&item.token_type_ids).enumerate() {
+            ids[row * len + col] = id as i64;
+            types[row * len + col] = ty as i64;
+            mask[row * len + col] = 1.0;
+        }
+    }
+    BertInput {
+        input_ids: Tensor::from_data(TensorData::new(ids, [batch, len]), device),
+        token_type_ids: Tensor::from_data(TensorData::new(types, [batch, len]), device),
+        attention_mask: Tensor::from_data(TensorData::new(mask, [batch, len]), device),
+    }
+}

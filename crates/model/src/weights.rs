@@ -1,0 +1,226 @@
+//! Reading a checkpoint file into named f32 arrays.
+//!
+//! Both of HF's formats are read into the same map, so key-layout detection and module
+//! construction ([`crate::load`]) never care where a tensor came from. Half-precision
+//! checkpoints are widened to f32.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use burn::prelude::*;
+use burn::tensor::TensorData;
+use safetensors::{Dtype, SafeTensors};
+
+use crate::error::{ModelError, Result};
+
+/// One tensor of a checkpoint, row-major.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RawTensor {
+    pub shape: Vec<usize>,
+    pub data: Vec<f32>,
+}
+
+impl RawTensor {
+    pub fn new(shape: Vec<usize>, data: Vec<f32>) -> Self {
+        debug_assert_eq!(shape.iter().product::<usize>(), data.len());
+        Self { shape, data }
+    }
+
+    pub fn to_tensor<const D: usize>(&self, device: &Device) -> Tensor<D> {
+        Tensor::from_data(
+            TensorData::new(self.data.clone(), self.shape.clone()),
+            device,
+        )
+    }
+}
+
+/// All tensors of one checkpoint file, by key.
+#[derive(Debug, Clone)]
+pub struct Checkpoint {
+    pub path: PathBuf,
+    pub tensors: BTreeMap<String, RawTensor>,
+}
+
+impl Checkpoint {
+    /// Reads `model.safetensors` or `pytorch_model.bin` (by extension).
+    pub fn read(path: &Path) -> Result<Self> {
+        let tensors = match path.extension().and_then(|e| e.to_str()) {
+            Some("safetensors") => read_safetensors(path)?,
+            _ => read_pytorch(path)?,
+        };
+        if tensors.is_empty() {
+            return Err(weights_error(path, "the file holds no tensors"));
+        }
+        Ok(Self {
+            path: path.to_path_buf(),
+            tensors,
+        })
+    }
+}
+
+fn weights_error(path: &Path, message: impl Into<String>) -> ModelError {
+    ModelError::Weights {
+        path: path.to_path_buf(),
+        message: message.into(),
+    }
+}
+
+fn read_safetensors(path: &Path) -> Result<BTreeMap<String, RawTensor>> {
+    let bytes = std::fs::read(path).map_err(|e| ModelError::io(path, e))?;
+    let file = SafeTensors::deserialize(&bytes)
+        .map_err(|e| weights_error(path, format!("not a valid safetensors file ({e})")))?;
+    let mut out = BTreeMap::new();
+    for (name, view) in file.tensors() {
+        let Some(data) = floats_from_bytes(safetensors_dtype(view.dtype()), view.data()) else {
+            // Integer buffers (HF's `position_ids`) are not weights.
+            continue;
+        };
+        out.insert(name, RawTensor::new(view.shape().to_vec(), data));
+    }
+    Ok(out)
+}
+
+fn read_pytorch(path: &Path) -> Result<BTreeMap<String, RawTensor>> {
+    if !path.exists() {
+        return Err(ModelError::io(
+            path,
+            std::io::Error::new(std::io::ErrorKind::NotFound, "file not found"),
+        ));
+    }
+    let reader = pytorch_reader::PytorchReader::new(path)
+        .map_err(|e| weights_error(path, format!("not a readable PyTorch checkpoint ({e})")))?;
+    let mut out = BTreeMap::new();
+    for (name, tensor) in reader.into_tensors() {
+        let dtype = pytorch_dtype(tensor.dtype());
+        let bytes = tensor
+            .read()
+            .map_err(|e| weights_error(path, format!("tensor {name}: {e}")))?;
+        if let Some(data) = floats_from_bytes(dtype, &bytes) {
+            out.insert(name, RawTensor::new(tensor.shape().to_vec(), data));
+        }
+    }
+    Ok(out)
+}
+
+#[derive(Clone, Copy)]
+enum FloatKind {
+    F32,
+    F16,
+    BF16,
+    F64,
+    NotFloat,
+}
+
+fn safetensors_dtype(dtype: Dtype) -> FloatKind {
+    match dtype {
+        Dtype::F32 => FloatKind::F32,
+        Dtype::F16 => FloatKind::F16,
+        Dtype::BF16 => FloatKind::BF16,
+        Dtype::F64 => FloatKind::F64,
+        _ => FloatKind::NotFloat,
+    }
+}
+
+fn pytorch_dtype(dtype: pytorch_reader::DType) -> FloatKind {
+    use pytorch_reader::DType;
+    match dtype {
+        DType::F32 => FloatKind::F32,
+        DType::F16 => FloatKind::F16,
+        DType::BF16 => FloatKind::BF16,
+        DType::F64 => FloatKind::F64,
+        _ => FloatKind::NotFloat,
+    }
+}
+
+/// Little-endian bytes -> f32s; `None` for non-float tensors.
+fn floats_from_bytes(kind: FloatKind, bytes: &[u8]) -> Option<Vec<f32>> {
+    let out = match kind {
+        FloatKind::F32 => bytes
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .collect(),
+        FloatKind::F64 => bytes
+            .chunks_exact(8)
+            .map(|b| f64::from_le_bytes(b.try_into().unwrap()) as f32)
+            .collect(),
+        FloatKind::F16 => bytes
+            .chunks_exact(2)
+            .map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32())
+            .collect(),
+        FloatKind::BF16 => bytes
+            .chunks_exact(2)
+            .map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32())
+            .collect(),
+        FloatKind::NotFloat => return None,
+    };
+    Some(out)
+}
+
+/// Writes tensors as a safetensors file, atomically (temp file + rename), so an interrupted
+/// write never leaves a truncated checkpoint behind.
+pub fn write_safetensors(
+    path: &Path,
+    tensors: &BTreeMap<String, RawTensor>,
+    metadata: Option<std::collections::HashMap<String, String>>,
+) -> Result<()> {
+    let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = tensors
+        .iter()
+        .map(|(name, t)| {
+            let bytes: &[u8] = bytemuck_f32(&t.data);
+            let view = safetensors::tensor::TensorView::new(Dtype::F32, t.shape.clone(), bytes)
+                .expect("shape matches data");
+            (name.clone(), view)
+        })
+        .collect();
+    let bytes = safetensors::serialize(views, metadata)
+        .map_err(|e| weights_error(path, format!("cannot serialise: {e}")))?;
+    crate::fsutil::write_atomic(path, &bytes)
+}
+
+fn bytemuck_f32(data: &[f32]) -> &[u8] {
+    // SAFETY: f32 has no padding and any byte pattern is a valid u8; the slice covers exactly
+    // the same memory. Safetensors is little-endian, which is every target we build for.
+    unsafe { std::slice::from_raw_parts(data.as_ptr().cast::<u8>(), std::mem::size_of_val(data)) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn safetensors_round_trip() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("w.safetensors");
+        let mut map = BTreeMap::new();
+        map.insert(
+            "a.weight".to_string(),
+            RawTensor::new(vec![2, 3], vec![1., 2., 3., 4., 5., 6.]),
+        );
+        write_safetensors(&path, &map, None).unwrap();
+        let back = Checkpoint::read(&path).unwrap();
+        assert_eq!(back.tensors, map);
+    }
+
+    #[test]
+    fn corrupt_file_names_the_path() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("model.safetensors");
+        std::fs::write(&path, b"definitely not safetensors").unwrap();
+        let err = Checkpoint::read(&path).unwrap_err().to_string();
+        assert!(err.contains("model.safetensors"), "{err}");
+        assert!(err.contains("not a valid safetensors"), "{err}");
+
+        let path = dir.path().join("pytorch_model.bin");
+        std::fs::write(&path, b"garbage").unwrap();
+        let err = Checkpoint::read(&path).unwrap_err().to_string();
+        assert!(err.contains("pytorch_model.bin"), "{err}");
+    }
+
+    #[test]
+    fn half_precision_widens() {
+        let h = half::f16::from_f32(0.5).to_le_bytes();
+        assert_eq!(floats_from_bytes(FloatKind::F16, &h).unwrap(), vec![0.5]);
+        let b = half::bf16::from_f32(-2.0).to_le_bytes();
+        assert_eq!(floats_from_bytes(FloatKind::BF16, &b).unwrap(), vec![-2.0]);
+    }
+}

