@@ -94,17 +94,20 @@ impl BertConfig {
                 BERT_MODEL_TYPES.join(", ")
             ));
         }
-        if let Some(archs) = &self.architectures {
-            if let Some(bad) = archs.iter().find(|a| !a.starts_with("Bert")) {
-                return Err(format!(
-                    "architectures lists \"{bad}\", which is not a BERT architecture"
-                ));
-            }
+        if let Some(bad) = self
+            .architectures
+            .iter()
+            .flatten()
+            .find(|a| !a.starts_with("Bert"))
+        {
+            return Err(format!(
+                "architectures lists \"{bad}\", which is not a BERT architecture"
+            ));
         }
         if self.hidden_size == 0 || self.num_attention_heads == 0 {
             return Err("hidden_size and num_attention_heads must be positive".into());
         }
-        if self.hidden_size % self.num_attention_heads != 0 {
+        if !self.hidden_size.is_multiple_of(self.num_attention_heads) {
             return Err(format!(
                 "hidden_size {} is not a multiple of num_attention_heads {}",
                 self.hidden_size, self.num_attention_heads

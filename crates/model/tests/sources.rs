@@ -81,10 +81,10 @@ fn serve(stream: TcpStream, repo: &str, dir: &Path) -> std::io::Result<()> {
         if reader.read_line(&mut line)? == 0 || line == "\r\n" {
             break;
         }
-        if let Some((k, v)) = line.split_once(':') {
-            if k.eq_ignore_ascii_case("range") {
-                range = Some(v.trim().to_string());
-            }
+        if let Some((k, v)) = line.split_once(':')
+            && k.eq_ignore_ascii_case("range")
+        {
+            range = Some(v.trim().to_string());
         }
     }
     let mut out = stream;
