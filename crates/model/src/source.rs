@@ -330,18 +330,26 @@ fn resolve_hub(repo_id: &str, revision: &str) -> Result<PathBuf> {
     let source_id = repo_id.to_string();
     let repo = Repo::with_revision(repo_id.to_string(), RepoType::Model, revision.to_string());
     let offline = std::env::var("HF_HUB_OFFLINE").is_ok_and(|v| v == "1" || v == "true");
+    // One client for every file of the repo (building one sets up an HTTP agent).
+    let api = if offline {
+        None
+    } else {
+        Some(
+            hf_hub::api::sync::ApiBuilder::from_env()
+                .with_progress(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+                .build()
+                .map_err(|e| ModelError::source(&source_id, format!("hub client: {e}")))?
+                .repo(repo.clone()),
+        )
+    };
     let fetch = |file: &str| -> std::result::Result<PathBuf, String> {
-        if offline {
-            return Cache::from_env()
+        match &api {
+            Some(api) => api.get(file).map_err(|e| e.to_string()),
+            None => Cache::from_env()
                 .repo(repo.clone())
                 .get(file)
-                .ok_or_else(|| format!("{file} is not in the HF cache and HF_HUB_OFFLINE is set"));
+                .ok_or_else(|| format!("{file} is not in the HF cache and HF_HUB_OFFLINE is set")),
         }
-        let api = hf_hub::api::sync::ApiBuilder::from_env()
-            .with_progress(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-            .build()
-            .map_err(|e| e.to_string())?;
-        api.repo(repo.clone()).get(file).map_err(|e| e.to_string())
     };
     let mut config = None;
     for file in HUB_REQUIRED {
