@@ -1,3 +1,19 @@
-//! Datasets for text classification: CSV loading, label maps, seeded splits and the padding
-//! batcher. Populated by the training issue; tokenisation and padding already live in
-//! `bert_model::tokenizer`, which the batcher will build on.
+//! Data for text classification: CSV reading, label maps, seeded splits, tokenised batches.
+//!
+//! - [`csv`]: `title,label` files (column names configurable), with errors that name the line.
+//! - [`labels`]: the label file (one label per line, index = line number).
+//! - [`split`]: the seeded train/validation split, identical on every platform.
+//! - [`batch`]: tokenised examples, the dynamic-padding batcher and the epoch-seeded loader the
+//!   Learner drives.
+
+pub mod batch;
+pub mod csv;
+pub mod error;
+pub mod labels;
+pub mod split;
+
+pub use batch::{ClassificationBatcher, EpochLoader, Example};
+pub use csv::{CsvColumns, Row, Table};
+pub use error::{DataError, Result};
+pub use labels::LabelMap;
+pub use split::{Split, SplitConfig};

@@ -40,6 +40,9 @@ pub struct BertConfig {
     pub pad_token_id: usize,
     #[serde(default = "default_position_embedding_type")]
     pub position_embedding_type: String,
+    /// Std of the normal init of new linear layers (HF's `_init_weights`).
+    #[serde(default = "default_initializer_range")]
+    pub initializer_range: f64,
     /// Dropout of the classification head; HF falls back to `hidden_dropout_prob` when null.
     #[serde(default)]
     pub classifier_dropout: Option<f64>,
@@ -48,6 +51,9 @@ pub struct BertConfig {
     pub id2label: Option<BTreeMap<String, String>>,
 }
 
+fn default_initializer_range() -> f64 {
+    0.02
+}
 fn default_model_type() -> String {
     "bert".into()
 }

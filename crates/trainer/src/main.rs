@@ -4,7 +4,12 @@
 //! `cuda`); `BURN_DEVICE` picks among the compiled ones at run time.
 
 mod commands;
+mod config;
 mod device;
+mod metrics;
+mod renderer;
+mod run;
+mod schedule;
 
 use std::process::ExitCode;
 
@@ -23,6 +28,10 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
+    /// Fine-tune a classifier from a recipe (configs/*.toml); prints the run directory last.
+    Train(commands::train::TrainArgs),
+    /// Evaluate a trained run on a labelled CSV (default: its validation split).
+    Eval(commands::eval::EvalArgs),
     /// Print sentence embeddings, one JSON object per line.
     Embed(commands::embed::EmbedArgs),
     /// Measure forward-pass throughput of a model on this machine's backend.
@@ -32,12 +41,17 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
+        Some(Command::Train(args)) => commands::train::run(args),
+        Some(Command::Eval(args)) => commands::eval::run(args),
         Some(Command::Embed(args)) => commands::embed::run(args),
         Some(Command::Bench(args)) => commands::bench::run(args),
-        None => {
-            eprintln!("error: no command given (try `trainer embed --help`)");
-            return ExitCode::from(2);
-        }
+        // No command: the default recipe, so `cargo run --release -p trainer` trains.
+        None => commands::train::run(commands::train::TrainArgs {
+            config: "configs/default.toml".into(),
+            overrides: vec![],
+            run_dir: None,
+            resume: false,
+        }),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

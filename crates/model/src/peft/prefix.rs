@@ -8,19 +8,47 @@
 
 use burn::nn::{Embedding, EmbeddingConfig, Linear, LinearConfig};
 use burn::prelude::*;
+use serde::{Deserialize, Serialize};
 
 use crate::bert::LayerPrefix;
 use crate::config::BertConfig;
 
-#[derive(Config, Debug)]
+/// peft's `PrefixTuningConfig`, with the reference recipe's values as defaults.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct PrefixTuningConfig {
-    #[config(default = 20)]
     pub num_virtual_tokens: usize,
-    #[config(default = false)]
+    /// Reparameterise the prefix through a 2-layer tanh MLP (Li & Liang's trick for stability).
     pub prefix_projection: bool,
     /// Hidden size of the projection MLP (peft's `encoder_hidden_size`).
-    #[config(default = 128)]
     pub encoder_hidden_size: usize,
+}
+
+impl Default for PrefixTuningConfig {
+    fn default() -> Self {
+        Self {
+            num_virtual_tokens: 20,
+            prefix_projection: false,
+            encoder_hidden_size: 128,
+        }
+    }
+}
+
+impl PrefixTuningConfig {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub fn with_num_virtual_tokens(mut self, n: usize) -> Self {
+        self.num_virtual_tokens = n;
+        self
+    }
+
+    pub fn with_prefix_projection(mut self, on: bool, encoder_hidden_size: usize) -> Self {
+        self.prefix_projection = on;
+        self.encoder_hidden_size = encoder_hidden_size;
+        self
+    }
 }
 
 /// The projection MLP of `prefix_projection = true`: peft's `transform`.

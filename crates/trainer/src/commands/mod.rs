@@ -1,2 +1,4 @@
 pub mod bench;
 pub mod embed;
+pub mod eval;
+pub mod train;

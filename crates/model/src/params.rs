@@ -1,0 +1,183 @@
+//! Saving and restoring a chosen subset of a module's parameters by path.
+//!
+//! A PEFT run only changes a few parameters (the prefix encoder and the head); its checkpoint
+//! holds those and nothing else, keyed by module path (`prompt_encoder.embedding.weight`,
+//! `classifier.weight`), and is applied on top of the pretrained model it was trained from.
+
+use std::collections::BTreeMap;
+
+use burn::module::{ModuleMapper, ModuleVisitor, Param};
+use burn::prelude::*;
+
+use crate::weights::RawTensor;
+
+struct PathStack(Vec<String>);
+
+impl PathStack {
+    fn enter(&mut self, name: &str) {
+        self.0.push(name.to_string());
+    }
+    fn exit(&mut self) {
+        self.0.pop();
+    }
+    fn path(&self) -> String {
+        self.0.join(".")
+    }
+}
+
+struct Collector<'a, F> {
+    stack: PathStack,
+    select: &'a F,
+    out: BTreeMap<String, RawTensor>,
+}
+
+impl<F: Fn(&str) -> bool> ModuleVisitor for Collector<'_, F> {
+    fn enter_module(&mut self, name: &str, _container_type: &str) {
+        self.stack.enter(name);
+    }
+    fn exit_module(&mut self, _name: &str, _container_type: &str) {
+        self.stack.exit();
+    }
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+        let path = self.stack.path();
+        if (self.select)(&path) {
+            let t = param.val();
+            let shape = t.dims().to_vec();
+            let data = t.into_data().convert::<f32>().try_to_vec::<f32>().expect("f32 data");
+            self.out.insert(path, RawTensor::new(shape, data));
+        }
+    }
+}
+
+/// Float parameters of `module` whose path satisfies `select`, as host tensors.
+pub fn collect<M: Module>(module: &M, select: impl Fn(&str) -> bool) -> BTreeMap<String, RawTensor> {
+    let mut c = Collector {
+        stack: PathStack(Vec::new()),
+        select: &select,
+        out: BTreeMap::new(),
+    };
+    module.visit(&mut c);
+    c.out
+}
+
+/// Every float parameter path of `module` with its shape.
+pub fn shapes<M: Module>(module: &M) -> BTreeMap<String, Vec<usize>> {
+    struct Shapes(PathStack, BTreeMap<String, Vec<usize>>);
+    impl ModuleVisitor for Shapes {
+        fn enter_module(&mut self, name: &str, _: &str) {
+            self.0.enter(name);
+        }
+        fn exit_module(&mut self, _: &str, _: &str) {
+            self.0.exit();
+        }
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+            self.1.insert(self.0.path(), param.lazy_shape().dims::<D>().to_vec());
+        }
+    }
+    let mut s = Shapes(PathStack(Vec::new()), BTreeMap::new());
+    module.visit(&mut s);
+    s.1
+}
+
+struct Loader<'a> {
+    stack: PathStack,
+    tensors: &'a BTreeMap<String, RawTensor>,
+    used: Vec<String>,
+    problems: Vec<String>,
+}
+
+impl ModuleMapper for Loader<'_> {
+    fn enter_module(&mut self, name: &str, _container_type: &str) {
+        self.stack.enter(name);
+    }
+    fn exit_module(&mut self, _name: &str, _container_type: &str) {
+        self.stack.exit();
+    }
+    fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
+        let path = self.stack.path();
+        let Some(raw) = self.tensors.get(&path) else {
+            return param;
+        };
+        self.used.push(path.clone());
+        let expected = param.lazy_shape().dims::<D>().to_vec();
+        if raw.shape != expected {
+            self.problems.push(format!(
+                "`{path}` has shape {:?}, the model expects {expected:?}",
+                raw.shape
+            ));
+            return param;
+        }
+        param.map(|t| {
+            let device = t.device();
+            let require_grad = t.is_require_grad();
+            raw.to_tensor::<D>(&device).set_require_grad(require_grad)
+        })
+    }
+}
+
+/// Replaces the parameters of `module` named in `tensors`. Every tensor must name a parameter of
+/// the module with the same shape; the error lists all that do not.
+pub fn apply<M: Module>(
+    module: M,
+    tensors: &BTreeMap<String, RawTensor>,
+) -> std::result::Result<M, String> {
+    let mut loader = Loader {
+        stack: PathStack(Vec::new()),
+        tensors,
+        used: Vec::new(),
+        problems: Vec::new(),
+    };
+    let module = module.map(&mut loader);
+    let mut problems = loader.problems;
+    for key in tensors.keys() {
+        if !loader.used.contains(key) {
+            problems.push(format!("`{key}` is not a parameter of this model"));
+        }
+    }
+    if problems.is_empty() {
+        Ok(module)
+    } else {
+        Err(problems.join("; "))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn::nn::LinearConfig;
+
+    #[derive(Module, Debug)]
+    struct Net {
+        layers: Vec<burn::nn::Linear>,
+        head: Option<burn::nn::Linear>,
+    }
+
+    #[test]
+    fn paths_collect_and_apply() {
+        let device = Device::default();
+        let net = Net {
+            layers: vec![LinearConfig::new(2, 3).init(&device)],
+            head: Some(LinearConfig::new(3, 1).init(&device)),
+        };
+        let all: Vec<String> = shapes(&net).into_keys().collect();
+        assert_eq!(
+            all,
+            ["head.bias", "head.weight", "layers.0.bias", "layers.0.weight"]
+        );
+        let head = collect(&net, |p| p.starts_with("head."));
+        assert_eq!(head.keys().collect::<Vec<_>>(), ["head.bias", "head.weight"]);
+
+        let mut changed = head.clone();
+        changed.get_mut("head.weight").unwrap().data = vec![7.0, 8.0, 9.0];
+        let net = apply(net, &changed).unwrap();
+        let w: Vec<f32> = net.head.as_ref().unwrap().weight.val().into_data().try_to_vec().unwrap();
+        assert_eq!(w, [7.0, 8.0, 9.0]);
+
+        let mut bad = changed.clone();
+        bad.insert("head.nope".into(), RawTensor::new(vec![1], vec![0.0]));
+        bad.get_mut("head.bias").unwrap().shape = vec![2];
+        let err = apply(net, &bad).unwrap_err();
+        assert!(err.contains("`head.bias` has shape [2], the model expects [1]"), "{err}");
+        assert!(err.contains("`head.nope` is not a parameter"), "{err}");
+    }
+}

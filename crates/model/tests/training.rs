@@ -1,0 +1,181 @@
+//! One training step of prefix tuning against peft 0.12 (fixtures from
+//! `tests/fixtures/make_fixtures.py`): loss, logits and the gradient of every trainable
+//! parameter, with and without the prefix projection MLP.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use bert_model::bert::BertInput;
+use bert_model::classifier::{BertClassifier, ClassificationBatch};
+use bert_model::load::load_bert;
+use bert_model::params;
+use bert_model::peft::{PeftConfig, PrefixTuningConfig};
+use bert_model::weights::{Checkpoint, RawTensor};
+use bert_model::BertConfig;
+use burn::module::{ModuleVisitor, Param};
+use burn::prelude::*;
+use burn::tensor::Gradients;
+use serde_json::Value;
+
+const TOL: f32 = 1e-4;
+
+fn fixtures() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures")
+}
+
+fn flat(v: &Value) -> Vec<f32> {
+    match v {
+        Value::Array(items) => items.iter().flat_map(flat).collect(),
+        Value::Number(n) => vec![n.as_f64().unwrap() as f32],
+        other => panic!("not a number: {other}"),
+    }
+}
+
+fn ints(v: &Value) -> Vec<i64> {
+    match v {
+        Value::Array(items) => items.iter().flat_map(ints).collect(),
+        Value::Number(n) => vec![n.as_i64().unwrap()],
+        other => panic!("not an int: {other}"),
+    }
+}
+
+fn max_diff(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+}
+
+/// Torch `[out, in]` linear weights -> Burn `[in, out]`.
+fn to_burn_layout(key: &str, shape: &[usize], data: Vec<f32>) -> RawTensor {
+    let linear = key.ends_with(".weight") && !key.contains("embedding");
+    if !linear {
+        return RawTensor::new(shape.to_vec(), data);
+    }
+    let (o, i) = (shape[0], shape[1]);
+    let mut t = vec![0.0; data.len()];
+    for r in 0..o {
+        for c in 0..i {
+            t[c * o + r] = data[r * i + c];
+        }
+    }
+    RawTensor::new(vec![i, o], t)
+}
+
+fn input(exp: &Value, device: &Device) -> BertInput {
+    let ids = ints(&exp["input_ids"]);
+    let b = exp["input_ids"].as_array().unwrap().len();
+    let l = ids.len() / b;
+    let types = ints(&exp["token_type_ids"]);
+    let mask: Vec<f32> = ints(&exp["attention_mask"]).iter().map(|&x| x as f32).collect();
+    BertInput {
+        input_ids: Tensor::from_data(TensorData::new(ids, [b, l]), device),
+        token_type_ids: Tensor::from_data(TensorData::new(types, [b, l]), device),
+        attention_mask: Tensor::from_data(TensorData::new(mask, [b, l]), device),
+    }
+}
+
+/// Gradients of the trainable parameters, by module path, in torch layout.
+struct GradCollector<'a> {
+    grads: &'a Gradients,
+    stack: Vec<String>,
+    out: BTreeMap<String, (Vec<usize>, Vec<f32>)>,
+}
+
+impl ModuleVisitor for GradCollector<'_> {
+    fn enter_module(&mut self, name: &str, _: &str) {
+        self.stack.push(name.to_string());
+    }
+    fn exit_module(&mut self, _: &str, _: &str) {
+        self.stack.pop();
+    }
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+        if let Some(g) = param.val().grad(self.grads) {
+            let path = self.stack.join(".");
+            let linear = path.ends_with(".weight") && !path.contains("embedding");
+            let g = if linear && D == 2 { g.transpose() } else { g };
+            let shape = g.dims().to_vec();
+            self.out
+                .insert(path, (shape, g.into_data().try_to_vec::<f32>().unwrap()));
+        }
+    }
+}
+
+#[test]
+fn prefix_tuning_step_matches_peft() {
+    let device = Device::default().autodiff();
+    let exp: Value = serde_json::from_str(
+        &std::fs::read_to_string(fixtures().join("expected.json")).unwrap(),
+    )
+    .unwrap();
+    let dir = fixtures().join("tiny-bert");
+    let mut config = BertConfig::from_file(&dir.join("config.json")).unwrap();
+    // peft ran in eval mode (no dropout) to make the step deterministic.
+    config.hidden_dropout_prob = 0.0;
+    config.attention_probs_dropout_prob = 0.0;
+    let checkpoint = Checkpoint::read(&dir.join("model.safetensors")).unwrap();
+
+    for case in exp["prefix_training"].as_array().unwrap() {
+        let projection = case["prefix_projection"].as_bool().unwrap();
+        let peft = PeftConfig::PrefixTuning(
+            PrefixTuningConfig::new()
+                .with_num_virtual_tokens(case["num_virtual_tokens"].as_u64().unwrap() as usize)
+                .with_prefix_projection(
+                    projection,
+                    case["encoder_hidden_size"].as_u64().unwrap() as usize,
+                ),
+        );
+        let loaded = load_bert(&checkpoint, &config, &device).unwrap();
+        let model = BertClassifier::new(loaded.model, loaded.classifier, &config, &peft, 2, &device);
+
+        // Same trainable parameter count as peft's print_trainable_parameters.
+        let trainable: usize = params::shapes(&model)
+            .iter()
+            .filter(|(k, _)| peft.is_trainable(k))
+            .map(|(_, s)| s.iter().product::<usize>())
+            .sum();
+        assert_eq!(trainable as u64, case["trainable_params"].as_u64().unwrap());
+
+        let weights: BTreeMap<String, RawTensor> = case["params"]
+            .as_object()
+            .unwrap()
+            .iter()
+            .map(|(k, v)| {
+                let shape: Vec<usize> = ints(&v["shape"]).iter().map(|&x| x as usize).collect();
+                (k.clone(), to_burn_layout(k, &shape, flat(&v["data"])))
+            })
+            .collect();
+        let model = params::apply(model, &weights).unwrap();
+
+        let labels = ints(&case["labels"]);
+        let n = labels.len();
+        let step = model.forward_classification(ClassificationBatch {
+            input: input(&exp, &device),
+            labels: Tensor::from_data(TensorData::new(labels, [n]), &device),
+        });
+        let loss = step.loss.clone().into_scalar::<f32>();
+        let want_loss = case["loss"].as_f64().unwrap() as f32;
+        assert!((loss - want_loss).abs() < TOL, "loss {loss} vs {want_loss}");
+        let logits = step.logits.clone().into_data().try_to_vec::<f32>().unwrap();
+        assert!(max_diff(&logits, &flat(&case["logits"])) < TOL, "logits");
+
+        let grads = step.loss.backward();
+        let mut collector = GradCollector {
+            grads: &grads,
+            stack: vec![],
+            out: BTreeMap::new(),
+        };
+        model.visit(&mut collector);
+        let want = case["grads"].as_object().unwrap();
+        let got: Vec<&String> = collector.out.keys().collect();
+        let mut want_keys: Vec<&String> = want.keys().collect();
+        want_keys.sort();
+        // Exactly the trainable parameters get gradients: the frozen BERT gets none.
+        assert_eq!(got, want_keys, "projection={projection}");
+        for (k, v) in want {
+            let (shape, data) = &collector.out[k];
+            let want_shape: Vec<usize> = ints(&v["shape"]).iter().map(|&x| x as usize).collect();
+            assert_eq!(shape, &want_shape, "{k}");
+            let d = max_diff(data, &flat(&v["data"]));
+            assert!(d < TOL, "gradient of {k} (projection={projection}): max abs diff {d}");
+        }
+    }
+}

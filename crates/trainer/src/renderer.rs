@@ -1,0 +1,320 @@
+//! What the user sees while training, and the per-epoch record of it.
+//!
+//! On a terminal, burn-train's TUI dashboard; otherwise (CI, output redirected) [`PlainRenderer`]
+//! prints a progress line every tenth of a split and a summary per epoch to stderr. Either way
+//! [`Recorder`] sits in front of it and keeps each epoch's final metric values, which become
+//! `metrics.json` in the run directory.
+
+use std::collections::{BTreeMap, HashMap};
+use std::io::IsTerminal;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use burn::train::logger::{EvaluationProgressLogger, TrainingProgressLogger};
+use burn::train::metric::{MetricDefinition, MetricId};
+use burn::train::renderer::tui::TuiMetricsRendererWrapper;
+use burn::train::renderer::{
+    EvaluationName, MetricState, MetricsRenderer, MetricsRendererEvaluation,
+    MetricsRendererTraining,
+};
+use burn::train::{Interrupter, LearnerSummary};
+use serde::{Deserialize, Serialize};
+
+/// Final values of one split of one epoch, by metric name as shown on the dashboard.
+pub type SplitValues = BTreeMap<String, f64>;
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct EpochRecord {
+    pub epoch: usize,
+    pub train: SplitValues,
+    pub valid: SplitValues,
+    /// Wall seconds of the epoch (training + validation).
+    pub seconds: f64,
+}
+
+/// Shared between the renderer thread and the command that launched training.
+pub type History = Arc<Mutex<Vec<EpochRecord>>>;
+
+/// Picks the dashboard when stdout is a terminal, the plain printer otherwise.
+pub fn renderer(
+    interrupter: Interrupter,
+    resumed_from: Option<usize>,
+    history: History,
+    on_epoch: Box<dyn FnMut(&[EpochRecord]) + Send + Sync>,
+) -> Box<dyn MetricsRenderer> {
+    let inner: Box<dyn MetricsRenderer> = if std::io::stdout().is_terminal() {
+        Box::new(TuiMetricsRendererWrapper::new(interrupter, resumed_from))
+    } else {
+        Box::new(PlainRenderer::default())
+    };
+    Box::new(Recorder {
+        inner,
+        names: HashMap::new(),
+        split: String::new(),
+        epoch: resumed_from.unwrap_or(0),
+        started: Instant::now(),
+        current: EpochRecord::default(),
+        history,
+        on_epoch,
+    })
+}
+
+fn metric_name(names: &HashMap<MetricId, String>, state: &MetricState) -> Option<(String, f64)> {
+    match state {
+        MetricState::Numeric(entry, Some(value)) => names
+            .get(&entry.metric_id)
+            .map(|n| (n.clone(), value.current())),
+        _ => None,
+    }
+}
+
+/// Records each epoch's final metric values, forwarding everything to the inner renderer.
+struct Recorder {
+    inner: Box<dyn MetricsRenderer>,
+    names: HashMap<MetricId, String>,
+    split: String,
+    epoch: usize,
+    started: Instant,
+    current: EpochRecord,
+    history: History,
+    on_epoch: Box<dyn FnMut(&[EpochRecord]) + Send + Sync>,
+}
+
+impl MetricsRendererTraining for Recorder {
+    fn update_train(&mut self, state: MetricState) {
+        if let Some((name, v)) = metric_name(&self.names, &state) {
+            self.current.train.insert(name, v);
+        }
+        self.inner.update_train(state);
+    }
+
+    fn update_valid(&mut self, state: MetricState) {
+        if let Some((name, v)) = metric_name(&self.names, &state) {
+            self.current.valid.insert(name, v);
+        }
+        self.inner.update_valid(state);
+    }
+
+    fn on_train_end(
+        &mut self,
+        summary: Option<LearnerSummary>,
+    ) -> Result<(), Box<dyn std::error::Error>> {
+        self.inner.on_train_end(summary)
+    }
+}
+
+impl TrainingProgressLogger for Recorder {
+    fn start(
+        &mut self,
+        total_epochs: usize,
+        starting_epoch: usize,
+        total_items: Option<usize>,
+        label: Option<&str>,
+    ) {
+        self.inner
+            .start(total_epochs, starting_epoch, total_items, label);
+    }
+
+    fn update_epoch(&mut self, epoch: usize) {
+        self.inner.update_epoch(epoch);
+    }
+
+    fn start_split(&mut self, split: &str, total_items: usize) {
+        self.split = split.to_lowercase();
+        if self.split == "train" {
+            self.epoch += 1;
+            self.started = Instant::now();
+            self.current = EpochRecord {
+                epoch: self.epoch,
+                ..EpochRecord::default()
+            };
+        }
+        self.inner.start_split(split, total_items);
+    }
+
+    fn update_split(&mut self, items_processed: usize) {
+        self.inner.update_split(items_processed);
+    }
+
+    fn end_split(&mut self) {
+        self.inner.end_split();
+        if self.split == "valid" {
+            self.current.seconds = self.started.elapsed().as_secs_f64();
+            let mut history = self.history.lock().expect("history lock");
+            history.retain(|r| r.epoch != self.current.epoch);
+            history.push(self.current.clone());
+            (self.on_epoch)(&history);
+        }
+    }
+
+    fn end(&mut self) {
+        self.inner.end();
+    }
+
+    fn log_event_training(&mut self, event: String) {
+        self.inner.log_event_training(event);
+    }
+}
+
+impl EvaluationProgressLogger for Recorder {
+    fn start_global_progress(&mut self, total_tests: usize) {
+        self.inner.start_global_progress(total_tests);
+    }
+    fn start_test(&mut self, name: &str, total_items: usize) {
+        self.inner.start_test(name, total_items);
+    }
+    fn update_test_progress(&mut self, items_processed: usize) {
+        self.inner.update_test_progress(items_processed);
+    }
+    fn end_test(&mut self) {
+        self.inner.end_test();
+    }
+    fn end_global_progress(&mut self) {
+        self.inner.end_global_progress();
+    }
+    fn log_event_evaluation(&mut self, event: String) {
+        self.inner.log_event_evaluation(event);
+    }
+}
+
+impl MetricsRendererEvaluation for Recorder {
+    fn update_test(&mut self, name: EvaluationName, state: MetricState) {
+        self.inner.update_test(name, state);
+    }
+}
+
+impl MetricsRenderer for Recorder {
+    fn manual_close(&mut self) {
+        self.inner.manual_close();
+    }
+
+    fn register_metric(&mut self, definition: MetricDefinition) {
+        self.names
+            .insert(definition.metric_id.clone(), definition.name.to_string());
+        self.inner.register_metric(definition);
+    }
+}
+
+/// Plain progress lines on stderr, for when there is no terminal to draw a dashboard on.
+#[derive(Default)]
+pub struct PlainRenderer {
+    names: HashMap<MetricId, String>,
+    latest: BTreeMap<String, String>,
+    split: String,
+    epoch: usize,
+    total_epochs: usize,
+    total_items: usize,
+    next_report: usize,
+}
+
+impl PlainRenderer {
+    fn record(&mut self, state: MetricState) {
+        let entry = match &state {
+            MetricState::Numeric(e, _) | MetricState::Generic(e) => e,
+        };
+        // "epoch 93.10 % - batch 95.00 %" -> "93.10 %": the epoch's running value.
+        let formatted = entry.serialized_entry.formatted.as_str();
+        let formatted = formatted.split(" - batch").next().unwrap_or(formatted);
+        let formatted = formatted.strip_prefix("epoch ").unwrap_or(formatted).to_string();
+        if let Some(name) = self.names.get(&entry.metric_id) {
+            self.latest.insert(name.clone(), formatted);
+        }
+    }
+
+    fn line(&self) -> String {
+        self.latest
+            .iter()
+            .map(|(k, v)| format!("{k}: {v}"))
+            .collect::<Vec<_>>()
+            .join(" | ")
+    }
+}
+
+impl MetricsRendererTraining for PlainRenderer {
+    fn update_train(&mut self, state: MetricState) {
+        self.record(state);
+    }
+    fn update_valid(&mut self, state: MetricState) {
+        self.record(state);
+    }
+}
+
+impl TrainingProgressLogger for PlainRenderer {
+    fn start(
+        &mut self,
+        total_epochs: usize,
+        starting_epoch: usize,
+        _total_items: Option<usize>,
+        _label: Option<&str>,
+    ) {
+        self.total_epochs = total_epochs;
+        self.epoch = starting_epoch.saturating_sub(1);
+    }
+
+    fn update_epoch(&mut self, _epoch: usize) {}
+
+    fn start_split(&mut self, split: &str, total_items: usize) {
+        self.split = split.to_lowercase();
+        if self.split == "train" {
+            self.epoch += 1;
+        }
+        self.total_items = total_items;
+        self.next_report = total_items.div_ceil(10);
+        self.latest.clear();
+        eprintln!(
+            "[epoch {}/{}] {}: {} items",
+            self.epoch, self.total_epochs, self.split, total_items
+        );
+    }
+
+    fn update_split(&mut self, items_processed: usize) {
+        if items_processed >= self.next_report && items_processed < self.total_items {
+            self.next_report = items_processed + self.total_items.div_ceil(10);
+            eprintln!(
+                "[epoch {}/{}] {} {}/{} | {}",
+                self.epoch,
+                self.total_epochs,
+                self.split,
+                items_processed,
+                self.total_items,
+                self.line()
+            );
+        }
+    }
+
+    fn end_split(&mut self) {
+        eprintln!(
+            "[epoch {}/{}] {} done | {}",
+            self.epoch,
+            self.total_epochs,
+            self.split,
+            self.line()
+        );
+    }
+
+    fn end(&mut self) {}
+
+    fn log_event_training(&mut self, _event: String) {}
+}
+
+impl EvaluationProgressLogger for PlainRenderer {
+    fn start_global_progress(&mut self, _total_tests: usize) {}
+    fn start_test(&mut self, _name: &str, _total_items: usize) {}
+    fn update_test_progress(&mut self, _items_processed: usize) {}
+    fn end_test(&mut self) {}
+    fn end_global_progress(&mut self) {}
+    fn log_event_evaluation(&mut self, _event: String) {}
+}
+
+impl MetricsRendererEvaluation for PlainRenderer {
+    fn update_test(&mut self, _name: EvaluationName, _state: MetricState) {}
+}
+
+impl MetricsRenderer for PlainRenderer {
+    fn manual_close(&mut self) {}
+
+    fn register_metric(&mut self, definition: MetricDefinition) {
+        self.names
+            .insert(definition.metric_id.clone(), definition.name.to_string());
+    }
+}

@@ -1,0 +1,255 @@
+//! The run directory: everything a training run leaves behind, and loading a trained model
+//! back from it.
+//!
+//! ```text
+//! runs/<name>/
+//!   config.toml            the resolved recipe (base model source, method, data, schedule)
+//!   labels.txt             the label map used (index = line)
+//!   train.csv, valid.csv   the exact split trained and validated on
+//!   summary.json           data counts (incl. dropped rows), parameter counts, best epoch
+//!   metrics.json           per-epoch train/valid metrics, machine-readable
+//!   adapter.safetensors    the best epoch's trainable parameters only
+//!   checkpoint/            burn-train's resume state (model, optimizer, schedule) of the
+//!                          last epoch and of the best one
+//! ```
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use bert_data::LabelMap;
+use bert_model::classifier::BertClassifier;
+use bert_model::weights::Checkpoint;
+use bert_model::{BertTokenizer, Pretrained, params};
+use burn::prelude::*;
+
+use crate::config::TrainConfig;
+
+#[derive(Debug, Clone)]
+pub struct RunDir {
+    pub root: PathBuf,
+}
+
+impl RunDir {
+    pub fn new(root: impl Into<PathBuf>) -> Self {
+        Self { root: root.into() }
+    }
+    pub fn config(&self) -> PathBuf {
+        self.root.join("config.toml")
+    }
+    pub fn labels(&self) -> PathBuf {
+        self.root.join("labels.txt")
+    }
+    pub fn train_csv(&self) -> PathBuf {
+        self.root.join("train.csv")
+    }
+    pub fn valid_csv(&self) -> PathBuf {
+        self.root.join("valid.csv")
+    }
+    pub fn summary(&self) -> PathBuf {
+        self.root.join("summary.json")
+    }
+    pub fn metrics(&self) -> PathBuf {
+        self.root.join("metrics.json")
+    }
+    pub fn adapter(&self) -> PathBuf {
+        self.root.join("adapter.safetensors")
+    }
+    pub fn checkpoints(&self) -> PathBuf {
+        self.root.join("checkpoint")
+    }
+
+    /// The last epoch whose full resume state (model, optimizer, scheduler) is on disk.
+    pub fn last_checkpoint(&self) -> Option<usize> {
+        let entries = std::fs::read_dir(self.checkpoints()).ok()?;
+        let dir = self.checkpoints();
+        entries
+            .filter_map(|e| {
+                let name = e.ok()?.file_name().into_string().ok()?;
+                let n: usize = name.strip_prefix("model-")?.strip_suffix(".bpk")?.parse().ok()?;
+                ["optim", "scheduler"]
+                    .iter()
+                    .all(|k| dir.join(format!("{k}-{n}.bpk")).is_file())
+                    .then_some(n)
+            })
+            .max()
+    }
+
+    /// A fresh directory under `runs/` for `name`: `runs/<name>`, or `runs/<name>-2`, ... when
+    /// taken, so a new run never mixes its files with an old one.
+    pub fn fresh(base: &Path, name: &str) -> Self {
+        let mut candidate = base.join(name);
+        let mut i = 2;
+        while candidate.exists() {
+            candidate = base.join(format!("{name}-{i}"));
+            i += 1;
+        }
+        Self::new(candidate)
+    }
+}
+
+/// A trained classifier loaded from a run directory.
+pub struct LoadedRun {
+    pub dir: RunDir,
+    pub config: TrainConfig,
+    pub labels: LabelMap,
+    pub tokenizer: BertTokenizer,
+    pub model: BertClassifier,
+}
+
+impl LoadedRun {
+    pub fn load(dir: &Path, device: &Device) -> Result<Self> {
+        let run = RunDir::new(dir);
+        if !run.config().is_file() {
+            bail!(
+                "{} is not a run directory (no config.toml; `trainer train` prints the run directory on its last line)",
+                dir.display()
+            );
+        }
+        let text = std::fs::read_to_string(run.config())
+            .with_context(|| format!("cannot read {}", run.config().display()))?;
+        let config: TrainConfig = toml::from_str(&text)
+            .with_context(|| format!("{}: invalid run config", run.config().display()))?;
+        let labels = LabelMap::read(&run.labels())?;
+        let adapter = run.adapter();
+        if !adapter.is_file() {
+            bail!(
+                "{}: no trained parameters yet (the run has not finished an epoch; resume it with `trainer train --resume --run-dir {}`)",
+                adapter.display(),
+                dir.display()
+            );
+        }
+        let pretrained = Pretrained::load(&config.model.source, config.model.max_length, device)?;
+        let model = build_model(&pretrained, &config, labels.len(), device);
+        let trained = Checkpoint::read(&adapter)?;
+        let model = params::apply(model, &trained.tensors)
+            .map_err(|e| anyhow::anyhow!("{}: does not fit the model: {e}", adapter.display()))?;
+        Ok(Self {
+            dir: run,
+            config,
+            labels,
+            tokenizer: pretrained.tokenizer,
+            model,
+        })
+    }
+}
+
+/// The classifier of `config` on top of a pretrained BERT.
+pub fn build_model(
+    pretrained: &Pretrained,
+    config: &TrainConfig,
+    num_labels: usize,
+    device: &Device,
+) -> BertClassifier {
+    BertClassifier::new(
+        pretrained.loaded.model.clone(),
+        pretrained.loaded.classifier.clone(),
+        &pretrained.config,
+        &config.peft,
+        num_labels,
+        device,
+    )
+}
+
+/// (trainable, total) parameter counts.
+pub fn param_counts(model: &BertClassifier, config: &TrainConfig) -> (usize, usize) {
+    let shapes = params::shapes(model);
+    let count = |pred: &dyn Fn(&str) -> bool| -> usize {
+        shapes
+            .iter()
+            .filter(|(k, _)| pred(k))
+            .map(|(_, s)| s.iter().product::<usize>())
+            .sum()
+    };
+    (
+        count(&|k| config.peft.is_trainable(k)),
+        count(&|_| true),
+    )
+}
+
+/// Writes the trainable parameters of `model` atomically.
+pub fn save_trainable(
+    model: &BertClassifier,
+    config: &TrainConfig,
+    path: &Path,
+    epoch: usize,
+) -> Result<()> {
+    let tensors = params::collect(model, |p| config.peft.is_trainable(p));
+    let mut meta = std::collections::HashMap::new();
+    meta.insert("format".to_string(), "bert-peft trainable parameters".to_string());
+    meta.insert("method".to_string(), config.peft.name().to_string());
+    meta.insert("epoch".to_string(), epoch.to_string());
+    meta.insert("base_model".to_string(), config.model.source.clone());
+    bert_model::weights::write_safetensors(path, &tensors, Some(meta))?;
+    Ok(())
+}
+
+/// `1234567` -> `"1,234,567"`, as peft prints parameter counts.
+pub fn thousands(n: usize) -> String {
+    let s = n.to_string();
+    let mut out = String::new();
+    for (i, c) in s.chars().enumerate() {
+        if i > 0 && (s.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// Writes `value` as pretty JSON, atomically.
+pub fn write_json(path: &Path, value: &serde_json::Value) -> Result<()> {
+    let mut text = serde_json::to_string_pretty(value)?;
+    text.push('\n');
+    bert_model::fsutil::write_atomic(path, text.as_bytes())?;
+    Ok(())
+}
+
+/// Metric names as shown on the dashboard -> `metrics.json` keys; percentages become fractions.
+pub fn metrics_json(values: &BTreeMap<String, f64>) -> serde_json::Value {
+    let mut out = serde_json::Map::new();
+    let mut per_class = serde_json::Map::new();
+    for (name, &v) in values {
+        match name.as_str() {
+            "Loss" => {
+                out.insert("loss".into(), v.into());
+            }
+            "Accuracy" => {
+                out.insert("accuracy".into(), (v / 100.0).into());
+            }
+            "Macro F1" => {
+                out.insert("macro_f1".into(), (v / 100.0).into());
+            }
+            "Learning Rate" => {
+                out.insert("lr".into(), v.into());
+            }
+            "Throughput" => {
+                out.insert("samples_per_second".into(), v.into());
+            }
+            other => {
+                if let Some(label) = other.strip_prefix("Accuracy ") {
+                    per_class.insert(label.to_string(), (v / 100.0).into());
+                } else {
+                    out.insert(other.to_string(), v.into());
+                }
+            }
+        }
+    }
+    if !per_class.is_empty() {
+        out.insert("per_class_accuracy".into(), per_class.into());
+    }
+    out.into()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn thousands_separators() {
+        assert_eq!(thousands(0), "0");
+        assert_eq!(thousands(578), "578");
+        assert_eq!(thousands(697060), "697,060");
+        assert_eq!(thousands(22713216), "22,713,216");
+    }
+}

