@@ -50,6 +50,7 @@ pub struct EpochLoader {
     batcher: ClassificationBatcher,
     batch_size: usize,
     shuffle_seed: Option<u64>,
+    reseed: Option<u64>,
     /// Epochs started so far; the next `iter()` is epoch `epochs + 1`.
     epochs: Arc<AtomicUsize>,
     device: Device,
@@ -68,6 +69,7 @@ impl EpochLoader {
             batcher,
             batch_size,
             shuffle_seed: None,
+            reseed: None,
             epochs: Arc::new(AtomicUsize::new(0)),
             device: device.clone(),
         }
@@ -76,6 +78,15 @@ impl EpochLoader {
     /// Shuffle every epoch with a permutation seeded by `(seed, epoch)`.
     pub fn shuffled(mut self, seed: u64) -> Self {
         self.shuffle_seed = Some(seed);
+        self
+    }
+
+    /// Reseed the device's random generator with `(seed, epoch)` as each epoch starts, so the
+    /// dropout masks of epoch `k` are the same whether or not the run was resumed in between.
+    /// (burn-train has no epoch-start hook; the loader is the one component that sees every
+    /// epoch begin.)
+    pub fn reseeding_device(mut self, seed: u64) -> Self {
+        self.reseed = Some(seed);
         self
     }
 
@@ -102,6 +113,7 @@ impl EpochLoader {
             batcher: self.batcher,
             batch_size: self.batch_size,
             shuffle_seed: self.shuffle_seed,
+            reseed: self.reseed,
             epochs: self.epochs.clone(),
             device: device.clone(),
         }
@@ -140,6 +152,10 @@ impl DataLoaderIterator<ClassificationBatch> for EpochIter<'_> {
 impl DataLoader<ClassificationBatch> for EpochLoader {
     fn iter<'a>(&'a self) -> Box<dyn DataLoaderIterator<ClassificationBatch> + 'a> {
         let epoch = self.epochs.fetch_add(1, Ordering::SeqCst) + 1;
+        if let Some(seed) = self.reseed {
+            self.device
+                .seed(seed ^ (epoch as u64).wrapping_mul(0xD1B5_4A32_D192_ED03));
+        }
         Box::new(EpochIter {
             loader: self,
             order: self.order(epoch),

@@ -51,6 +51,7 @@ fn main() -> ExitCode {
             overrides: vec![],
             run_dir: None,
             resume: false,
+            stop_after: None,
         }),
     };
     match result {

@@ -16,7 +16,8 @@ use burn::train::checkpoint::{
 };
 use burn::train::metric::store::{Aggregate, Direction, Split};
 use burn::train::metric::{AccuracyMetric, LearningRateMetric, LossMetric, Metric};
-use burn::train::{Learner, SupervisedTraining};
+use burn::train::metric::store::EventStoreClient;
+use burn::train::{EarlyStoppingStrategy, Learner, SupervisedTraining};
 use clap::Args;
 use serde_json::json;
 
@@ -43,6 +44,20 @@ pub struct TrainArgs {
     /// config, data split, data order and schedule.
     #[arg(long, requires = "run_dir")]
     pub resume: bool,
+    /// Stop after this epoch (its checkpoint is saved); continue later with --resume.
+    #[arg(long, value_name = "EPOCH")]
+    pub stop_after: Option<usize>,
+}
+
+/// Ends training after a given epoch, once that epoch's checkpoint is written (burn-train
+/// consults early stopping after checkpointing; an interrupter would skip the checkpoint).
+#[derive(Clone)]
+struct StopAfterEpoch(usize);
+
+impl EarlyStoppingStrategy for StopAfterEpoch {
+    fn should_stop(&mut self, epoch: usize, _store: &EventStoreClient) -> bool {
+        epoch >= self.0
+    }
 }
 
 /// The data of a run, tokenised.
@@ -131,6 +146,7 @@ pub fn run(args: TrainArgs) -> Result<()> {
     };
     let train_loader = EpochLoader::new(data.train, batcher, config.train.batch_size, &device)
         .shuffled(config.train.seed)
+        .reseeding_device(config.train.seed)
         .starting_after_epoch(resume_from.unwrap_or(0));
     let valid_loader = EpochLoader::new(data.valid, batcher, config.train.batch_size, &device);
 
@@ -207,6 +223,9 @@ pub fn run(args: TrainArgs) -> Result<()> {
                 .build(),
         )
         .num_epochs(config.train.epochs);
+    if let Some(stop) = args.stop_after {
+        training = training.early_stopping(StopAfterEpoch(stop));
+    }
     if let Some(epoch) = resume_from {
         eprintln!("resuming after epoch {epoch} of {}", config.train.epochs);
         training = training.checkpoint(epoch);

@@ -1,0 +1,207 @@
+//! `trainer train` / `trainer eval` end to end on the tiny Chinese fixture model (seconds):
+//! the run directory, checkpoint round trip, resume, and errors on bad data and configs.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use serde_json::Value;
+
+fn fixtures() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures")
+}
+
+fn trainer(dir: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_trainer"))
+        .args(args)
+        .current_dir(dir)
+        .env("HF_HUB_OFFLINE", "1")
+        .output()
+        .unwrap()
+}
+
+fn ok(out: &Output) -> String {
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "failed: {stderr}");
+    String::from_utf8(out.stdout.clone()).unwrap()
+}
+
+fn err(out: &Output) -> String {
+    assert!(!out.status.success(), "expected failure");
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// 60 short Chinese titles, two classes, a few empty titles, written with a BOM.
+fn write_data(dir: &Path) {
+    let mut csv = String::from("\u{feff}title,label\n");
+    for i in 0..60 {
+        if i % 2 == 0 {
+            csv.push_str(&format!("\"你不会相信, 接下来发生了什么 {i}\",标题党\n"));
+        } else {
+            csv.push_str(&format!("国务院发布第{i}号通知,非标题党\n"));
+        }
+    }
+    csv.push_str(",标题党\n\"\",非标题党\n");
+    std::fs::write(dir.join("zh.csv"), csv).unwrap();
+    std::fs::write(dir.join("labels.txt"), "标题党\n非标题党\n").unwrap();
+    let config = format!(
+        r#"name = "tiny"
+[model]
+source = "{}"
+max_length = 16
+[data]
+train = "zh.csv"
+labels = "labels.txt"
+[peft]
+method = "prefix-tuning"
+num_virtual_tokens = 4
+[train]
+epochs = 2
+batch_size = 8
+lr = 0.01
+"#,
+        fixtures().join("tiny-bert").display()
+    );
+    std::fs::write(dir.join("tiny.toml"), config).unwrap();
+}
+
+fn json(path: &Path) -> Value {
+    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+}
+
+fn safetensor_keys(path: &Path) -> Vec<String> {
+    let bytes = std::fs::read(path).unwrap();
+    let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    let header: Value = serde_json::from_slice(&bytes[8..8 + n]).unwrap();
+    let mut keys: Vec<String> = header
+        .as_object()
+        .unwrap()
+        .keys()
+        .filter(|k| *k != "__metadata__")
+        .cloned()
+        .collect();
+    keys.sort();
+    keys
+}
+
+#[test]
+fn train_writes_a_run_that_eval_reproduces_and_resume_continues_exactly() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    write_data(dir);
+
+    // A straight two-epoch run.
+    let out = trainer(dir, &["train", "--config", "tiny.toml", "--run-dir", "runs/a"]);
+    let stdout = ok(&out);
+    assert_eq!(stdout.lines().last(), Some("runs/a"), "last line is the run dir");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("prefix-tuning: trainable params: 578 || all params: 696,994"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("dropped 2 row(s) with an empty title"), "{stderr}");
+    let run = dir.join("runs/a");
+    for f in ["config.toml", "labels.txt", "train.csv", "valid.csv", "summary.json"] {
+        assert!(run.join(f).is_file(), "{f}");
+    }
+    let summary = json(&run.join("summary.json"));
+    assert_eq!(summary["data"]["train"], 48);
+    assert_eq!(summary["data"]["valid"], 12);
+    assert_eq!(summary["params"]["trainable"], 578);
+    let metrics = json(&run.join("metrics.json"));
+    let epochs = metrics["epochs"].as_array().unwrap();
+    assert_eq!(epochs.len(), 2);
+    for key in ["loss", "accuracy", "macro_f1", "per_class_accuracy"] {
+        assert!(!epochs[0]["valid"][key].is_null(), "valid {key}");
+    }
+    assert!(epochs[0]["train"]["lr"].as_f64().unwrap() > 0.0);
+
+    // Only the trainable parameters are saved.
+    assert_eq!(
+        safetensor_keys(&run.join("adapter.safetensors")),
+        ["classifier.bias", "classifier.weight", "prompt_encoder.embedding.weight"]
+    );
+
+    // Checkpoint round trip: eval of the saved parameters reproduces the best epoch's
+    // validation figures.
+    let best = metrics["best_epoch"].as_u64().unwrap() as usize;
+    let best_valid = &epochs[best - 1]["valid"];
+    let eval: Value = serde_json::from_str(&ok(&trainer(
+        dir,
+        &["eval", "--run", "runs/a", "--json"],
+    )))
+    .unwrap();
+    assert!((eval["loss"].as_f64().unwrap() - best_valid["loss"].as_f64().unwrap()).abs() < 1e-4);
+    assert_eq!(eval["accuracy"], best_valid["accuracy"]);
+    assert_eq!(eval["rows"], 12);
+    let confusion: u64 = eval["confusion"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|r| r.as_array().unwrap().iter().map(|v| v.as_u64().unwrap()))
+        .sum();
+    assert_eq!(confusion, 12);
+    for label in ["标题党", "非标题党"] {
+        for k in ["precision", "recall", "f1", "accuracy", "support"] {
+            assert!(!eval["per_class"][label][k].is_null(), "{label} {k}");
+        }
+    }
+    // Any CSV with the same columns.
+    let eval_all: Value = serde_json::from_str(&ok(&trainer(
+        dir,
+        &["eval", "--run", "runs/a", "--data", "zh.csv", "--json"],
+    )))
+    .unwrap();
+    assert_eq!(eval_all["rows"], 60);
+    assert_eq!(eval_all["dropped_empty_title"], 2);
+
+    // The same run interrupted after epoch 1 and resumed ends where the straight run did.
+    ok(&trainer(
+        dir,
+        &["train", "--config", "tiny.toml", "--run-dir", "runs/b", "--stop-after", "1"],
+    ));
+    assert_eq!(json(&dir.join("runs/b/metrics.json"))["epochs"].as_array().unwrap().len(), 1);
+    let out = trainer(dir, &["train", "--resume", "--run-dir", "runs/b"]);
+    assert_eq!(ok(&out).lines().last(), Some("runs/b"));
+    let resumed = json(&dir.join("runs/b/metrics.json"));
+    let r_epochs = resumed["epochs"].as_array().unwrap();
+    assert_eq!(r_epochs.len(), 2);
+    for split in ["train", "valid"] {
+        for key in ["loss", "accuracy"] {
+            let a = epochs[1][split][key].as_f64().unwrap();
+            let b = r_epochs[1][split][key].as_f64().unwrap();
+            assert!((a - b).abs() < 1e-5, "epoch 2 {split} {key}: {a} vs {b}");
+        }
+    }
+    assert_eq!(
+        std::fs::read(run.join("adapter.safetensors")).unwrap().len(),
+        std::fs::read(dir.join("runs/b/adapter.safetensors")).unwrap().len()
+    );
+}
+
+#[test]
+fn bad_data_and_configs_are_named() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    write_data(dir);
+
+    let e = err(&trainer(dir, &["train", "--config", "tiny.toml", "--set", "train.lerning_rate=1"]));
+    assert!(e.contains("lerning_rate"), "{e}");
+
+    std::fs::write(dir.join("labels.txt"), "标题党\n其他\n").unwrap();
+    let e = err(&trainer(dir, &["train", "--config", "tiny.toml", "--run-dir", "r1"]));
+    assert!(e.contains("zh.csv:3: unknown label `非标题党`"), "{e}");
+
+    write_data(dir);
+    let mut bytes = std::fs::read(dir.join("zh.csv")).unwrap();
+    bytes.extend_from_slice(b"\xff\xfe bad,\xe6\xa0\x87\xe9\xa2\x98\xe5\x85\x9a\n");
+    std::fs::write(dir.join("zh.csv"), bytes).unwrap();
+    let e = err(&trainer(dir, &["train", "--config", "tiny.toml", "--run-dir", "r2"]));
+    assert!(e.contains("zh.csv:64: invalid UTF-8 in column `title`"), "{e}");
+
+    let e = err(&trainer(dir, &["train", "--config", "missing.toml"]));
+    assert!(e.contains("missing.toml"), "{e}");
+    let e = err(&trainer(dir, &["eval", "--run", "nowhere"]));
+    assert!(e.contains("nowhere is not a run directory"), "{e}");
+    let e = err(&trainer(dir, &["train", "--resume", "--run-dir", "nowhere"]));
+    assert!(e.contains("nowhere"), "{e}");
+}
