@@ -199,10 +199,8 @@ mod tests {
     #[test]
     fn batches_pad_to_the_longest_item() {
         let device = Device::default();
-        let b = ClassificationBatcher { pad_id: 0 }.batch(
-            vec![example(3, 1), example(5, 0), example(2, 1)],
-            &device,
-        );
+        let b = ClassificationBatcher { pad_id: 0 }
+            .batch(vec![example(3, 1), example(5, 0), example(2, 1)], &device);
         assert_eq!(b.input.input_ids.dims(), [3, 5]);
         assert_eq!(b.input.attention_mask.dims(), [3, 5]);
         let mask: Vec<f32> = b.input.attention_mask.into_data().try_to_vec().unwrap();
@@ -223,10 +221,16 @@ mod tests {
     #[test]
     fn epoch_orders_are_seeded_and_resumable() {
         let device = Device::default();
-        let items: Vec<Example> = (0..10).map(|i| tagged(i as u32, 1 + i % 4, i % 2)).collect();
-        let loader =
-            EpochLoader::new(items.clone(), ClassificationBatcher { pad_id: 0 }, 4, &device)
-                .shuffled(5);
+        let items: Vec<Example> = (0..10)
+            .map(|i| tagged(i as u32, 1 + i % 4, i % 2))
+            .collect();
+        let loader = EpochLoader::new(
+            items.clone(),
+            ClassificationBatcher { pad_id: 0 },
+            4,
+            &device,
+        )
+        .shuffled(5);
         let sizes: Vec<usize> = loader.iter().map(|b| b.unwrap().labels.dims()[0]).collect();
         assert_eq!(sizes, [4, 4, 2]);
         let (e1, e2) = (loader.order(1), loader.order(2));

@@ -185,8 +185,7 @@ pub fn write_csv(path: &Path, header: &[&str], records: &[Vec<&str>]) -> Result<
     let bytes = writer
         .into_inner()
         .map_err(|e| DataError::file(path, format!("cannot write CSV: {e}")))?;
-    bert_model::fsutil::write_atomic(path, &bytes)
-        .map_err(|e| DataError::file(path, e.to_string()))
+    bert_model::fsutil::write_atomic(path, &bytes).map_err(|e| DataError::file(path, e.to_string()))
 }
 
 #[cfg(test)]

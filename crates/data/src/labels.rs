@@ -148,7 +148,10 @@ mod tests {
     #[test]
     fn first_seen_order_without_a_file() {
         let t = table("title,label\na,标题党\nb,非标题党\nc,标题党\n");
-        assert_eq!(LabelMap::from_table(&t).unwrap().names(), ["标题党", "非标题党"]);
+        assert_eq!(
+            LabelMap::from_table(&t).unwrap().names(),
+            ["标题党", "非标题党"]
+        );
     }
 
     #[test]

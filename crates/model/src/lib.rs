@@ -24,8 +24,8 @@ pub mod tokenizer;
 pub mod train;
 pub mod weights;
 
-pub use classifier::{BertClassifier, ClassificationBatch};
 pub use bert::{BertExtras, BertForSequenceClassification, BertInput, BertModel, LayerPrefix};
+pub use classifier::{BertClassifier, ClassificationBatch};
 pub use config::BertConfig;
 pub use error::{ModelError, Result};
 pub use pretrained::Pretrained;

@@ -43,14 +43,21 @@ impl<F: Fn(&str) -> bool> ModuleVisitor for Collector<'_, F> {
         if (self.select)(&path) {
             let t = param.val();
             let shape = t.dims().to_vec();
-            let data = t.into_data().convert::<f32>().try_to_vec::<f32>().expect("f32 data");
+            let data = t
+                .into_data()
+                .convert::<f32>()
+                .try_to_vec::<f32>()
+                .expect("f32 data");
             self.out.insert(path, RawTensor::new(shape, data));
         }
     }
 }
 
 /// Float parameters of `module` whose path satisfies `select`, as host tensors.
-pub fn collect<M: Module>(module: &M, select: impl Fn(&str) -> bool) -> BTreeMap<String, RawTensor> {
+pub fn collect<M: Module>(
+    module: &M,
+    select: impl Fn(&str) -> bool,
+) -> BTreeMap<String, RawTensor> {
     let mut c = Collector {
         stack: PathStack(Vec::new()),
         select: &select,
@@ -71,7 +78,8 @@ pub fn shapes<M: Module>(module: &M) -> BTreeMap<String, Vec<usize>> {
             self.0.exit();
         }
         fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
-            self.1.insert(self.0.path(), param.lazy_shape().dims::<D>().to_vec());
+            self.1
+                .insert(self.0.path(), param.lazy_shape().dims::<D>().to_vec());
         }
     }
     let mut s = Shapes(PathStack(Vec::new()), BTreeMap::new());
@@ -162,22 +170,41 @@ mod tests {
         let all: Vec<String> = shapes(&net).into_keys().collect();
         assert_eq!(
             all,
-            ["head.bias", "head.weight", "layers.0.bias", "layers.0.weight"]
+            [
+                "head.bias",
+                "head.weight",
+                "layers.0.bias",
+                "layers.0.weight"
+            ]
         );
         let head = collect(&net, |p| p.starts_with("head."));
-        assert_eq!(head.keys().collect::<Vec<_>>(), ["head.bias", "head.weight"]);
+        assert_eq!(
+            head.keys().collect::<Vec<_>>(),
+            ["head.bias", "head.weight"]
+        );
 
         let mut changed = head.clone();
         changed.get_mut("head.weight").unwrap().data = vec![7.0, 8.0, 9.0];
         let net = apply(net, &changed).unwrap();
-        let w: Vec<f32> = net.head.as_ref().unwrap().weight.val().into_data().try_to_vec().unwrap();
+        let w: Vec<f32> = net
+            .head
+            .as_ref()
+            .unwrap()
+            .weight
+            .val()
+            .into_data()
+            .try_to_vec()
+            .unwrap();
         assert_eq!(w, [7.0, 8.0, 9.0]);
 
         let mut bad = changed.clone();
         bad.insert("head.nope".into(), RawTensor::new(vec![1], vec![0.0]));
         bad.get_mut("head.bias").unwrap().shape = vec![2];
         let err = apply(net, &bad).unwrap_err();
-        assert!(err.contains("`head.bias` has shape [2], the model expects [1]"), "{err}");
+        assert!(
+            err.contains("`head.bias` has shape [2], the model expects [1]"),
+            "{err}"
+        );
         assert!(err.contains("`head.nope` is not a parameter"), "{err}");
     }
 }

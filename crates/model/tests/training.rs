@@ -5,13 +5,13 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
+use bert_model::BertConfig;
 use bert_model::bert::BertInput;
 use bert_model::classifier::{BertClassifier, ClassificationBatch};
 use bert_model::load::load_bert;
 use bert_model::params;
 use bert_model::peft::{PeftConfig, PrefixTuningConfig};
 use bert_model::weights::{Checkpoint, RawTensor};
-use bert_model::BertConfig;
 use burn::module::{ModuleVisitor, Param};
 use burn::prelude::*;
 use burn::tensor::Gradients;
@@ -41,7 +41,10 @@ fn ints(v: &Value) -> Vec<i64> {
 
 fn max_diff(a: &[f32], b: &[f32]) -> f32 {
     assert_eq!(a.len(), b.len());
-    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
 }
 
 /// Torch `[out, in]` linear weights -> Burn `[in, out]`.
@@ -65,7 +68,10 @@ fn input(exp: &Value, device: &Device) -> BertInput {
     let b = exp["input_ids"].as_array().unwrap().len();
     let l = ids.len() / b;
     let types = ints(&exp["token_type_ids"]);
-    let mask: Vec<f32> = ints(&exp["attention_mask"]).iter().map(|&x| x as f32).collect();
+    let mask: Vec<f32> = ints(&exp["attention_mask"])
+        .iter()
+        .map(|&x| x as f32)
+        .collect();
     BertInput {
         input_ids: Tensor::from_data(TensorData::new(ids, [b, l]), device),
         token_type_ids: Tensor::from_data(TensorData::new(types, [b, l]), device),
@@ -102,10 +108,9 @@ impl ModuleVisitor for GradCollector<'_> {
 #[test]
 fn prefix_tuning_step_matches_peft() {
     let device = Device::default().autodiff();
-    let exp: Value = serde_json::from_str(
-        &std::fs::read_to_string(fixtures().join("expected.json")).unwrap(),
-    )
-    .unwrap();
+    let exp: Value =
+        serde_json::from_str(&std::fs::read_to_string(fixtures().join("expected.json")).unwrap())
+            .unwrap();
     let dir = fixtures().join("tiny-bert");
     let mut config = BertConfig::from_file(&dir.join("config.json")).unwrap();
     // peft ran in eval mode (no dropout) to make the step deterministic.
@@ -124,7 +129,8 @@ fn prefix_tuning_step_matches_peft() {
                 ),
         );
         let loaded = load_bert(&checkpoint, &config, &device).unwrap();
-        let model = BertClassifier::new(loaded.model, loaded.classifier, &config, &peft, 2, &device);
+        let model =
+            BertClassifier::new(loaded.model, loaded.classifier, &config, &peft, 2, &device);
 
         // Same trainable parameter count as peft's print_trainable_parameters.
         let trainable: usize = params::shapes(&model)
@@ -175,7 +181,10 @@ fn prefix_tuning_step_matches_peft() {
             let want_shape: Vec<usize> = ints(&v["shape"]).iter().map(|&x| x as usize).collect();
             assert_eq!(shape, &want_shape, "{k}");
             let d = max_diff(data, &flat(&v["data"]));
-            assert!(d < TOL, "gradient of {k} (projection={projection}): max abs diff {d}");
+            assert!(
+                d < TOL,
+                "gradient of {k} (projection={projection}): max abs diff {d}"
+            );
         }
     }
 }

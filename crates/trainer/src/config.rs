@@ -119,8 +119,8 @@ impl TrainConfig {
     pub fn load(path: &Path, overrides: &[String]) -> Result<Self> {
         let text = std::fs::read_to_string(path)
             .with_context(|| format!("cannot read config {}", path.display()))?;
-        let mut value: toml::Table = toml::from_str(&text)
-            .with_context(|| format!("{}: invalid TOML", path.display()))?;
+        let mut value: toml::Table =
+            toml::from_str(&text).with_context(|| format!("{}: invalid TOML", path.display()))?;
         for o in overrides {
             apply_override(&mut value, o).with_context(|| format!("--set {o}"))?;
         }
@@ -128,7 +128,9 @@ impl TrainConfig {
             .try_into()
             .with_context(|| format!("{}: invalid config", path.display()))?;
         config.resolve_paths(path.parent().unwrap_or(Path::new(".")));
-        config.validate().with_context(|| format!("{}", path.display()))?;
+        config
+            .validate()
+            .with_context(|| format!("{}", path.display()))?;
         Ok(config)
     }
 
@@ -168,7 +170,10 @@ impl TrainConfig {
             bail!("train.lr must be in (0, 1), got {}", t.lr);
         }
         if !(0.0..1.0).contains(&t.warmup_ratio) {
-            bail!("train.warmup_ratio must be in [0, 1), got {}", t.warmup_ratio);
+            bail!(
+                "train.warmup_ratio must be in [0, 1), got {}",
+                t.warmup_ratio
+            );
         }
         if !(0.0..1.0).contains(&self.data.valid_fraction) || self.data.valid_fraction == 0.0 {
             bail!(
@@ -234,7 +239,11 @@ mod tests {
     fn defaults_overrides_and_methods() {
         let c = load(
             "name = \"x\"\n[peft]\nmethod = \"prefix-tuning\"\nnum_virtual_tokens = 8\n",
-            &["train.lr=1e-3", "model.source=some/hub-id", "train.epochs=2"],
+            &[
+                "train.lr=1e-3",
+                "model.source=some/hub-id",
+                "train.epochs=2",
+            ],
         )
         .unwrap();
         assert_eq!(c.train.lr, 1e-3);
@@ -251,8 +260,33 @@ mod tests {
     }
 
     #[test]
+    fn every_shipped_recipe_loads() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../configs");
+        let mut n = 0;
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().is_some_and(|e| e == "toml") {
+                let c = TrainConfig::load(&path, &[]).unwrap();
+                assert!(
+                    c.data.train.is_file(),
+                    "{}: data.train missing",
+                    path.display()
+                );
+                if let Some(l) = &c.data.labels {
+                    assert!(l.is_file(), "{}: labels missing", path.display());
+                }
+                n += 1;
+            }
+        }
+        assert!(n >= 2);
+    }
+
+    #[test]
     fn unknown_keys_and_bad_values_are_named() {
-        let e = format!("{:#}", load("[train]\nlerning_rate = 1\n", &[]).unwrap_err());
+        let e = format!(
+            "{:#}",
+            load("[train]\nlerning_rate = 1\n", &[]).unwrap_err()
+        );
         assert!(e.contains("lerning_rate"), "{e}");
         let e = format!("{:#}", load("", &["peft.method=lora2"]).unwrap_err());
         assert!(e.contains("lora2"), "{e}");

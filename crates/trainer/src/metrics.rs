@@ -69,13 +69,21 @@ impl Confusion {
     }
 
     pub fn precision(&self, c: usize) -> f64 {
-        let col: u64 = self.counts.iter().map(|r| r.get(c).copied().unwrap_or(0)).sum();
+        let col: u64 = self
+            .counts
+            .iter()
+            .map(|r| r.get(c).copied().unwrap_or(0))
+            .sum();
         ratio(self.tp(c), col)
     }
 
     pub fn f1(&self, c: usize) -> f64 {
         let (p, r) = (self.precision(c), self.recall(c));
-        if p + r == 0.0 { 0.0 } else { 2.0 * p * r / (p + r) }
+        if p + r == 0.0 {
+            0.0
+        } else {
+            2.0 * p * r / (p + r)
+        }
     }
 
     pub fn macro_f1(&self) -> f64 {
@@ -91,7 +99,11 @@ impl Confusion {
     }
 
     fn tp(&self, c: usize) -> u64 {
-        self.counts.get(c).and_then(|r| r.get(c)).copied().unwrap_or(0)
+        self.counts
+            .get(c)
+            .and_then(|r| r.get(c))
+            .copied()
+            .unwrap_or(0)
     }
 }
 

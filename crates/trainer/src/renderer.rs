@@ -35,12 +35,15 @@ pub struct EpochRecord {
 /// Shared between the renderer thread and the command that launched training.
 pub type History = Arc<Mutex<Vec<EpochRecord>>>;
 
+/// Called with the whole history each time an epoch's validation ends.
+pub type OnEpoch = Box<dyn FnMut(&[EpochRecord]) + Send + Sync>;
+
 /// Picks the dashboard when stdout is a terminal, the plain printer otherwise.
 pub fn renderer(
     interrupter: Interrupter,
     resumed_from: Option<usize>,
     history: History,
-    on_epoch: Box<dyn FnMut(&[EpochRecord]) + Send + Sync>,
+    on_epoch: OnEpoch,
 ) -> Box<dyn MetricsRenderer> {
     let inner: Box<dyn MetricsRenderer> = if std::io::stdout().is_terminal() {
         Box::new(TuiMetricsRendererWrapper::new(interrupter, resumed_from))
@@ -77,7 +80,7 @@ struct Recorder {
     started: Instant,
     current: EpochRecord,
     history: History,
-    on_epoch: Box<dyn FnMut(&[EpochRecord]) + Send + Sync>,
+    on_epoch: OnEpoch,
 }
 
 impl MetricsRendererTraining for Recorder {
@@ -215,7 +218,10 @@ impl PlainRenderer {
         // "epoch 93.10 % - batch 95.00 %" -> "93.10 %": the epoch's running value.
         let formatted = entry.serialized_entry.formatted.as_str();
         let formatted = formatted.split(" - batch").next().unwrap_or(formatted);
-        let formatted = formatted.strip_prefix("epoch ").unwrap_or(formatted).to_string();
+        let formatted = formatted
+            .strip_prefix("epoch ")
+            .unwrap_or(formatted)
+            .to_string();
         if let Some(name) = self.names.get(&entry.metric_id) {
             self.latest.insert(name.clone(), formatted);
         }

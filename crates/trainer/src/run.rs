@@ -66,7 +66,11 @@ impl RunDir {
         entries
             .filter_map(|e| {
                 let name = e.ok()?.file_name().into_string().ok()?;
-                let n: usize = name.strip_prefix("model-")?.strip_suffix(".bpk")?.parse().ok()?;
+                let n: usize = name
+                    .strip_prefix("model-")?
+                    .strip_suffix(".bpk")?
+                    .parse()
+                    .ok()?;
                 ["optim", "scheduler"]
                     .iter()
                     .all(|k| dir.join(format!("{k}-{n}.bpk")).is_file())
@@ -161,10 +165,7 @@ pub fn param_counts(model: &BertClassifier, config: &TrainConfig) -> (usize, usi
             .map(|(_, s)| s.iter().product::<usize>())
             .sum()
     };
-    (
-        count(&|k| config.peft.is_trainable(k)),
-        count(&|_| true),
-    )
+    (count(&|k| config.peft.is_trainable(k)), count(&|_| true))
 }
 
 /// Writes the trainable parameters of `model` atomically.
@@ -176,7 +177,10 @@ pub fn save_trainable(
 ) -> Result<()> {
     let tensors = params::collect(model, |p| config.peft.is_trainable(p));
     let mut meta = std::collections::HashMap::new();
-    meta.insert("format".to_string(), "bert-peft trainable parameters".to_string());
+    meta.insert(
+        "format".to_string(),
+        "bert-peft trainable parameters".to_string(),
+    );
     meta.insert("method".to_string(), config.peft.name().to_string());
     meta.insert("epoch".to_string(), epoch.to_string());
     meta.insert("base_model".to_string(), config.model.source.clone());
@@ -189,7 +193,7 @@ pub fn thousands(n: usize) -> String {
     let s = n.to_string();
     let mut out = String::new();
     for (i, c) in s.chars().enumerate() {
-        if i > 0 && (s.len() - i) % 3 == 0 {
+        if i > 0 && (s.len() - i).is_multiple_of(3) {
             out.push(',');
         }
         out.push(c);

@@ -90,17 +90,33 @@ fn train_writes_a_run_that_eval_reproduces_and_resume_continues_exactly() {
     write_data(dir);
 
     // A straight two-epoch run.
-    let out = trainer(dir, &["train", "--config", "tiny.toml", "--run-dir", "runs/a"]);
+    let out = trainer(
+        dir,
+        &["train", "--config", "tiny.toml", "--run-dir", "runs/a"],
+    );
     let stdout = ok(&out);
-    assert_eq!(stdout.lines().last(), Some("runs/a"), "last line is the run dir");
+    assert_eq!(
+        stdout.lines().last(),
+        Some("runs/a"),
+        "last line is the run dir"
+    );
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
         stderr.contains("prefix-tuning: trainable params: 578 || all params: 696,994"),
         "{stderr}"
     );
-    assert!(stderr.contains("dropped 2 row(s) with an empty title"), "{stderr}");
+    assert!(
+        stderr.contains("dropped 2 row(s) with an empty title"),
+        "{stderr}"
+    );
     let run = dir.join("runs/a");
-    for f in ["config.toml", "labels.txt", "train.csv", "valid.csv", "summary.json"] {
+    for f in [
+        "config.toml",
+        "labels.txt",
+        "train.csv",
+        "valid.csv",
+        "summary.json",
+    ] {
         assert!(run.join(f).is_file(), "{f}");
     }
     let summary = json(&run.join("summary.json"));
@@ -118,18 +134,19 @@ fn train_writes_a_run_that_eval_reproduces_and_resume_continues_exactly() {
     // Only the trainable parameters are saved.
     assert_eq!(
         safetensor_keys(&run.join("adapter.safetensors")),
-        ["classifier.bias", "classifier.weight", "prompt_encoder.embedding.weight"]
+        [
+            "classifier.bias",
+            "classifier.weight",
+            "prompt_encoder.embedding.weight"
+        ]
     );
 
     // Checkpoint round trip: eval of the saved parameters reproduces the best epoch's
     // validation figures.
     let best = metrics["best_epoch"].as_u64().unwrap() as usize;
     let best_valid = &epochs[best - 1]["valid"];
-    let eval: Value = serde_json::from_str(&ok(&trainer(
-        dir,
-        &["eval", "--run", "runs/a", "--json"],
-    )))
-    .unwrap();
+    let eval: Value =
+        serde_json::from_str(&ok(&trainer(dir, &["eval", "--run", "runs/a", "--json"]))).unwrap();
     assert!((eval["loss"].as_f64().unwrap() - best_valid["loss"].as_f64().unwrap()).abs() < 1e-4);
     assert_eq!(eval["accuracy"], best_valid["accuracy"]);
     assert_eq!(eval["rows"], 12);
@@ -157,9 +174,23 @@ fn train_writes_a_run_that_eval_reproduces_and_resume_continues_exactly() {
     // The same run interrupted after epoch 1 and resumed ends where the straight run did.
     ok(&trainer(
         dir,
-        &["train", "--config", "tiny.toml", "--run-dir", "runs/b", "--stop-after", "1"],
+        &[
+            "train",
+            "--config",
+            "tiny.toml",
+            "--run-dir",
+            "runs/b",
+            "--stop-after",
+            "1",
+        ],
     ));
-    assert_eq!(json(&dir.join("runs/b/metrics.json"))["epochs"].as_array().unwrap().len(), 1);
+    assert_eq!(
+        json(&dir.join("runs/b/metrics.json"))["epochs"]
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
     let out = trainer(dir, &["train", "--resume", "--run-dir", "runs/b"]);
     assert_eq!(ok(&out).lines().last(), Some("runs/b"));
     let resumed = json(&dir.join("runs/b/metrics.json"));
@@ -173,8 +204,12 @@ fn train_writes_a_run_that_eval_reproduces_and_resume_continues_exactly() {
         }
     }
     assert_eq!(
-        std::fs::read(run.join("adapter.safetensors")).unwrap().len(),
-        std::fs::read(dir.join("runs/b/adapter.safetensors")).unwrap().len()
+        std::fs::read(run.join("adapter.safetensors"))
+            .unwrap()
+            .len(),
+        std::fs::read(dir.join("runs/b/adapter.safetensors"))
+            .unwrap()
+            .len()
     );
 }
 
@@ -184,24 +219,45 @@ fn bad_data_and_configs_are_named() {
     let dir = tmp.path();
     write_data(dir);
 
-    let e = err(&trainer(dir, &["train", "--config", "tiny.toml", "--set", "train.lerning_rate=1"]));
+    let e = err(&trainer(
+        dir,
+        &[
+            "train",
+            "--config",
+            "tiny.toml",
+            "--set",
+            "train.lerning_rate=1",
+        ],
+    ));
     assert!(e.contains("lerning_rate"), "{e}");
 
     std::fs::write(dir.join("labels.txt"), "标题党\n其他\n").unwrap();
-    let e = err(&trainer(dir, &["train", "--config", "tiny.toml", "--run-dir", "r1"]));
+    let e = err(&trainer(
+        dir,
+        &["train", "--config", "tiny.toml", "--run-dir", "r1"],
+    ));
     assert!(e.contains("zh.csv:3: unknown label `非标题党`"), "{e}");
 
     write_data(dir);
     let mut bytes = std::fs::read(dir.join("zh.csv")).unwrap();
     bytes.extend_from_slice(b"\xff\xfe bad,\xe6\xa0\x87\xe9\xa2\x98\xe5\x85\x9a\n");
     std::fs::write(dir.join("zh.csv"), bytes).unwrap();
-    let e = err(&trainer(dir, &["train", "--config", "tiny.toml", "--run-dir", "r2"]));
-    assert!(e.contains("zh.csv:64: invalid UTF-8 in column `title`"), "{e}");
+    let e = err(&trainer(
+        dir,
+        &["train", "--config", "tiny.toml", "--run-dir", "r2"],
+    ));
+    assert!(
+        e.contains("zh.csv:64: invalid UTF-8 in column `title`"),
+        "{e}"
+    );
 
     let e = err(&trainer(dir, &["train", "--config", "missing.toml"]));
     assert!(e.contains("missing.toml"), "{e}");
     let e = err(&trainer(dir, &["eval", "--run", "nowhere"]));
     assert!(e.contains("nowhere is not a run directory"), "{e}");
-    let e = err(&trainer(dir, &["train", "--resume", "--run-dir", "nowhere"]));
+    let e = err(&trainer(
+        dir,
+        &["train", "--resume", "--run-dir", "nowhere"],
+    ));
     assert!(e.contains("nowhere"), "{e}");
 }

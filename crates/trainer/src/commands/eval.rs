@@ -140,7 +140,12 @@ fn print_report(eval: &Evaluation, labels: &[String], data: &std::path::Path) {
     println!("accuracy: {:.2}%", 100.0 * c.accuracy());
     println!("macro F1: {:.2}%", 100.0 * c.macro_f1());
     println!("loss:     {:.4}", eval.loss);
-    let width = labels.iter().map(|l| l.chars().count()).max().unwrap_or(5).max(5);
+    let width = labels
+        .iter()
+        .map(|l| l.chars().count())
+        .max()
+        .unwrap_or(5)
+        .max(5);
     println!();
     println!(
         "{:width$}  {:>9} {:>9} {:>9} {:>9} {:>8}",

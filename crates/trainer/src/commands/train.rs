@@ -14,9 +14,9 @@ use burn::prelude::*;
 use burn::train::checkpoint::{
     ComposedCheckpointingStrategy, KeepLastNCheckpoints, MetricCheckpointingStrategy,
 };
+use burn::train::metric::store::EventStoreClient;
 use burn::train::metric::store::{Aggregate, Direction, Split};
 use burn::train::metric::{AccuracyMetric, LearningRateMetric, LossMetric, Metric};
-use burn::train::metric::store::EventStoreClient;
 use burn::train::{EarlyStoppingStrategy, Learner, SupervisedTraining};
 use clap::Args;
 use serde_json::json;
@@ -105,7 +105,8 @@ pub fn run(args: TrainArgs) -> Result<()> {
     let train_device = device.clone().autodiff();
     eprintln!("device: {}", crate::device::describe(&device));
     eprintln!("model: {}", config.model.source);
-    let pretrained = Pretrained::load(&config.model.source, config.model.max_length, &train_device)?;
+    let pretrained =
+        Pretrained::load(&config.model.source, config.model.max_length, &train_device)?;
     if config.model.max_length > pretrained.config.max_position_embeddings {
         bail!(
             "model.max_length {} exceeds the model's max_position_embeddings {}",
@@ -137,8 +138,7 @@ pub fn run(args: TrainArgs) -> Result<()> {
     summary["device"] = json!(crate::device::describe(&device));
     if resume_from.is_none() {
         write_json(&run.summary(), &summary)?;
-        std::fs::write(run.config(), config.to_toml())
-            .with_context(|| format!("cannot write {}", run.config().display()))?;
+        bert_model::fsutil::write_atomic(&run.config(), config.to_toml().as_bytes())?;
     }
 
     let batcher = ClassificationBatcher {
@@ -168,19 +168,21 @@ pub fn run(args: TrainArgs) -> Result<()> {
     let labels = data.labels.names().to_vec();
     let n = labels.len();
 
-    let mut training = SupervisedTraining::new(
-        &run.root,
-        Arc::new(train_loader),
-        Arc::new(valid_loader),
-    )
-    .with_interrupter(interrupter.clone())
-    .renderer(renderer(interrupter, resume_from, history.clone(), on_epoch))
-    .metric_train_numeric(LossMetric::new())
-    .metric_valid_numeric(LossMetric::new())
-    .metric_train_numeric(AccuracyMetric::new())
-    .metric_valid_numeric(AccuracyMetric::new())
-    .metric_train_numeric(ConfusionMetric::macro_f1(n))
-    .metric_valid_numeric(ConfusionMetric::macro_f1(n));
+    let mut training =
+        SupervisedTraining::new(&run.root, Arc::new(train_loader), Arc::new(valid_loader))
+            .with_interrupter(interrupter.clone())
+            .renderer(renderer(
+                interrupter,
+                resume_from,
+                history.clone(),
+                on_epoch,
+            ))
+            .metric_train_numeric(LossMetric::new())
+            .metric_valid_numeric(LossMetric::new())
+            .metric_train_numeric(AccuracyMetric::new())
+            .metric_valid_numeric(AccuracyMetric::new())
+            .metric_train_numeric(ConfusionMetric::macro_f1(n))
+            .metric_valid_numeric(ConfusionMetric::macro_f1(n));
     for (i, label) in labels.iter().enumerate() {
         training = training
             .metric_train_numeric(ConfusionMetric::class_accuracy(i, label, n))
@@ -232,6 +234,14 @@ pub fn run(args: TrainArgs) -> Result<()> {
     }
 
     let result = training.launch(Learner::new(model, optim, schedule));
+    // Close the dashboard (it owns the terminal) before printing the outcome below it.
+    let burn::train::LearningResult {
+        model: final_model,
+        renderer: dashboard,
+        error,
+        ..
+    } = result;
+    drop(dashboard);
 
     let records = history.lock().expect("history lock").clone();
     let best = best_epoch(&records, select);
@@ -243,11 +253,10 @@ pub fn run(args: TrainArgs) -> Result<()> {
     };
     let last = records.iter().map(|r| r.epoch).max().unwrap_or(0);
     let best_model = if best.epoch == last {
-        result.model
+        final_model
     } else {
         let path = run.checkpoints().join(format!("model-{}.bpk", best.epoch));
-        result
-            .model
+        final_model
             .try_load_file(&path)
             .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", path.display()))?
     };
@@ -268,6 +277,12 @@ pub fn run(args: TrainArgs) -> Result<()> {
         select_name,
         describe_valid(&best.valid)
     );
+    if let Some(error) = &error {
+        bail!(
+            "training failed after epoch {last} ({error}); the best finished epoch was saved, continue with `trainer train --resume --run-dir {}`",
+            run.root.display()
+        );
+    }
     if last < config.train.epochs {
         eprintln!(
             "stopped after epoch {last} of {}; continue with `trainer train --resume --run-dir {}`",
