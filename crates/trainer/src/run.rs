@@ -9,6 +9,8 @@
 //!   summary.json           data counts (incl. dropped rows), parameter counts, best epoch
 //!   metrics.json           per-epoch train/valid metrics, machine-readable
 //!   adapter.safetensors    the best epoch's trainable parameters only
+//!   adapter/               the same as a HF peft adapter (adapter_config.json +
+//!                          adapter_model.safetensors), loadable by `PeftModel.from_pretrained`
 //!   checkpoint/            burn-train's resume state (model, optimizer, schedule) of the
 //!                          last epoch and of the best one
 //! ```
@@ -54,6 +56,10 @@ impl RunDir {
     }
     pub fn adapter(&self) -> PathBuf {
         self.root.join("adapter.safetensors")
+    }
+    /// The best epoch as a HF peft adapter directory.
+    pub fn peft_adapter(&self) -> PathBuf {
+        self.root.join("adapter")
     }
     pub fn checkpoints(&self) -> PathBuf {
         self.root.join("checkpoint")

@@ -131,6 +131,19 @@ fn train_writes_a_run_that_eval_reproduces_and_resume_continues_exactly() {
     }
     assert!(epochs[0]["train"]["lr"].as_f64().unwrap() > 0.0);
 
+    // A HF peft adapter directory of the same parameters.
+    let peft_cfg = json(&run.join("adapter/adapter_config.json"));
+    assert_eq!(peft_cfg["peft_type"], "PREFIX_TUNING");
+    assert_eq!(peft_cfg["num_virtual_tokens"], 4);
+    assert_eq!(
+        safetensor_keys(&run.join("adapter/adapter_model.safetensors")),
+        [
+            "base_model.classifier.bias",
+            "base_model.classifier.weight",
+            "prompt_embeddings"
+        ]
+    );
+
     // Only the trainable parameters are saved.
     assert_eq!(
         safetensor_keys(&run.join("adapter.safetensors")),

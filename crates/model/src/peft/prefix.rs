@@ -98,8 +98,9 @@ impl PrefixEncoder {
         self.embedding.weight.dims()[0]
     }
 
-    /// Per-layer key/value prefixes for a batch: peft's `get_prompt` for prefix tuning.
-    pub fn forward(&self, batch: usize) -> Vec<LayerPrefix> {
+    /// The prefix for every layer as one `[P, num_layers * 2 * hidden]` matrix, after the
+    /// projection MLP if any: what peft saves as `prompt_embeddings`.
+    pub fn prefix_embeddings(&self) -> Tensor<2> {
         let p = self.num_virtual_tokens();
         let device = self.embedding.weight.device();
         let tokens = Tensor::<1, Int>::arange(0..p as i64, &device).unsqueeze_dim::<2>(0);
@@ -107,6 +108,14 @@ impl PrefixEncoder {
         if let Some(t) = &self.transform {
             kv = t.dense_out.forward(t.dense_in.forward(kv).tanh());
         }
+        let width = kv.dims()[2];
+        kv.reshape([p, width])
+    }
+
+    /// Per-layer key/value prefixes for a batch: peft's `get_prompt` for prefix tuning.
+    pub fn forward(&self, batch: usize) -> Vec<LayerPrefix> {
+        let p = self.num_virtual_tokens();
+        let kv = self.prefix_embeddings();
         let (heads, head_dim) = (self.num_heads, self.hidden / self.num_heads);
         // [1, P, L*2, heads, head_dim] -> [L*2, 1, heads, P, head_dim]
         let kv = kv

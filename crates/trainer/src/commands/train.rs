@@ -261,6 +261,14 @@ pub fn run(args: TrainArgs) -> Result<()> {
             .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", path.display()))?
     };
     save_trainable(&best_model, &config, &run.adapter(), best.epoch)?;
+    // The same parameters in HF peft's format, for `PeftModel.from_pretrained` in Python.
+    bert_model::peft::adapter::write(
+        &run.peft_adapter(),
+        &best_model,
+        &config.peft,
+        &pretrained.config,
+        &config.model.source,
+    )?;
     let mut summary: serde_json::Value = std::fs::read_to_string(run.summary())
         .ok()
         .and_then(|t| serde_json::from_str(&t).ok())

@@ -1,0 +1,154 @@
+//! HF peft adapter directories: adapters saved by Python peft 0.12 load here and give peft's
+//! logits (fixtures from `tests/fixtures/make_fixtures.py`); adapters written here read back
+//! the same; mismatches are errors that name the field.
+
+use std::path::PathBuf;
+
+use bert_model::bert::BertInput;
+use bert_model::classifier::BertClassifier;
+use bert_model::load::load_bert;
+use bert_model::peft::adapter;
+use bert_model::weights::Checkpoint;
+use bert_model::{BertConfig, params};
+use burn::prelude::*;
+use serde_json::Value;
+
+fn fixtures() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures")
+}
+
+fn flat(v: &Value) -> Vec<f32> {
+    match v {
+        Value::Array(items) => items.iter().flat_map(flat).collect(),
+        Value::Number(n) => vec![n.as_f64().unwrap() as f32],
+        other => panic!("not a number: {other}"),
+    }
+}
+
+fn ints(v: &Value) -> Vec<i64> {
+    match v {
+        Value::Array(items) => items.iter().flat_map(ints).collect(),
+        Value::Number(n) => vec![n.as_i64().unwrap()],
+        other => panic!("not an int: {other}"),
+    }
+}
+
+fn input(exp: &Value, device: &Device) -> BertInput {
+    let b = exp["input_ids"].as_array().unwrap().len();
+    let ids = ints(&exp["input_ids"]);
+    let l = ids.len() / b;
+    let mask: Vec<f32> = ints(&exp["attention_mask"])
+        .iter()
+        .map(|&x| x as f32)
+        .collect();
+    BertInput {
+        input_ids: Tensor::from_data(TensorData::new(ids, [b, l]), device),
+        token_type_ids: Tensor::from_data(
+            TensorData::new(ints(&exp["token_type_ids"]), [b, l]),
+            device,
+        ),
+        attention_mask: Tensor::from_data(TensorData::new(mask, [b, l]), device),
+    }
+}
+
+fn classifier_with(dir: &std::path::Path, device: &Device) -> (BertClassifier, BertConfig) {
+    let base = fixtures().join("tiny-bert");
+    let config = BertConfig::from_file(&base.join("config.json")).unwrap();
+    let a = adapter::read(dir, &config).unwrap();
+    let loaded = load_bert(
+        &Checkpoint::read(&base.join("model.safetensors")).unwrap(),
+        &config,
+        device,
+    )
+    .unwrap();
+    let model = BertClassifier::new(loaded.model, None, &config, &a.peft, a.num_labels, device);
+    (params::apply(model, &a.tensors).unwrap().valid(), config)
+}
+
+fn logits(model: &BertClassifier, exp: &Value, device: &Device) -> Vec<f32> {
+    model
+        .forward(input(exp, device))
+        .into_data()
+        .try_to_vec::<f32>()
+        .unwrap()
+}
+
+#[test]
+fn peft_adapters_load_and_round_trip() {
+    let device = Device::default();
+    let exp: Value =
+        serde_json::from_str(&std::fs::read_to_string(fixtures().join("expected.json")).unwrap())
+            .unwrap();
+    for case in exp["peft_adapters"].as_array().unwrap() {
+        let dir = fixtures().join(case["dir"].as_str().unwrap());
+        let (model, config) = classifier_with(&dir, &device);
+        let got = logits(&model, &exp, &device);
+        let want = flat(&case["logits"]);
+        let diff = got
+            .iter()
+            .zip(&want)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0, f32::max);
+        assert!(
+            diff < 1e-4,
+            "{}: logits differ from peft by {diff}",
+            dir.display()
+        );
+
+        // Written here, read back: the same classifier.
+        let tmp = tempfile::tempdir().unwrap();
+        let out = tmp.path().join("adapter");
+        let peft = adapter::read(&dir, &config).unwrap().peft;
+        assert!(adapter::write(&out, &model, &peft, &config, "tiny-bert").unwrap());
+        let (again, _) = classifier_with(&out, &device);
+        let diff = logits(&again, &exp, &device)
+            .iter()
+            .zip(&got)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0, f32::max);
+        assert!(diff < 1e-6, "round trip changed logits by {diff}");
+        let written: Value =
+            serde_json::from_str(&std::fs::read_to_string(out.join(adapter::CONFIG_FILE)).unwrap())
+                .unwrap();
+        assert_eq!(written["peft_type"], "PREFIX_TUNING");
+        assert_eq!(written["task_type"], "SEQ_CLS");
+        assert_eq!(written["token_dim"], 32);
+    }
+}
+
+#[test]
+fn unsupported_or_mismatched_adapters_name_the_field() {
+    let config = BertConfig::from_file(&fixtures().join("tiny-bert/config.json")).unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let src = fixtures().join("peft-prefix");
+    let edit = |key: &str, value: Value| {
+        let dir = tmp.path().join(key);
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::copy(
+            src.join(adapter::WEIGHTS_FILE),
+            dir.join(adapter::WEIGHTS_FILE),
+        )
+        .unwrap();
+        let mut cfg: Value =
+            serde_json::from_str(&std::fs::read_to_string(src.join(adapter::CONFIG_FILE)).unwrap())
+                .unwrap();
+        cfg[key] = value;
+        std::fs::write(dir.join(adapter::CONFIG_FILE), cfg.to_string()).unwrap();
+        adapter::read(&dir, &config).unwrap_err().to_string()
+    };
+    let e = edit("peft_type", "IA3".into());
+    assert!(e.contains("`peft_type`: IA3 is not supported"), "{e}");
+    let e = edit("num_layers", 12.into());
+    assert!(
+        e.contains("`num_layers`: 12, but the base model has 2"),
+        "{e}"
+    );
+    let e = edit("token_dim", 768.into());
+    assert!(e.contains("`token_dim`"), "{e}");
+    let e = edit("task_type", "CAUSAL_LM".into());
+    assert!(e.contains("`task_type`: CAUSAL_LM"), "{e}");
+    let e = adapter::read(&tmp.path().join("nowhere"), &config)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("adapter_config.json"), "{e}");
+}
