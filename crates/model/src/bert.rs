@@ -16,6 +16,7 @@ use burn::prelude::*;
 use burn::tensor::activation;
 
 use crate::config::BertConfig;
+use crate::peft::lora::LoraLinear;
 
 /// Key/value tensors prepended to one layer's attention, each `[batch, heads, prefix_len, head_dim]`.
 #[derive(Debug, Clone)]
@@ -102,9 +103,9 @@ impl BertEmbeddings {
 
 #[derive(Module, Debug)]
 pub struct BertSelfAttention {
-    pub query: Linear,
-    pub key: Linear,
-    pub value: Linear,
+    pub query: LoraLinear,
+    pub key: LoraLinear,
+    pub value: LoraLinear,
     pub dropout: Dropout,
     num_attention_heads: usize,
 }
@@ -113,9 +114,9 @@ impl BertSelfAttention {
     pub fn new(config: &BertConfig, device: &Device) -> Self {
         let h = config.hidden_size;
         Self {
-            query: LinearConfig::new(h, h).init(device),
-            key: LinearConfig::new(h, h).init(device),
-            value: LinearConfig::new(h, h).init(device),
+            query: LoraLinear::new(h, h, device),
+            key: LoraLinear::new(h, h, device),
+            value: LoraLinear::new(h, h, device),
             dropout: DropoutConfig::new(config.attention_probs_dropout_prob).init(),
             num_attention_heads: config.num_attention_heads,
         }
@@ -124,9 +125,9 @@ impl BertSelfAttention {
     /// From loaded projections (see [`crate::load`]).
     pub fn from_parts(config: &BertConfig, query: Linear, key: Linear, value: Linear) -> Self {
         Self {
-            query,
-            key,
-            value,
+            query: query.into(),
+            key: key.into(),
+            value: value.into(),
             dropout: DropoutConfig::new(config.attention_probs_dropout_prob).init(),
             num_attention_heads: config.num_attention_heads,
         }
@@ -173,7 +174,7 @@ impl BertSelfAttention {
 /// Dense + dropout + residual LayerNorm: HF's `BertSelfOutput` and `BertOutput` share this shape.
 #[derive(Module, Debug)]
 pub struct BertResidualOutput {
-    pub dense: Linear,
+    pub dense: LoraLinear,
     pub layer_norm: LayerNorm,
     pub dropout: Dropout,
 }
@@ -181,7 +182,7 @@ pub struct BertResidualOutput {
 impl BertResidualOutput {
     pub fn new(config: &BertConfig, d_input: usize, device: &Device) -> Self {
         Self {
-            dense: LinearConfig::new(d_input, config.hidden_size).init(device),
+            dense: LoraLinear::new(d_input, config.hidden_size, device),
             layer_norm: layer_norm(config, device),
             dropout: DropoutConfig::new(config.hidden_dropout_prob).init(),
         }
@@ -202,7 +203,7 @@ pub struct BertAttention {
 
 #[derive(Module, Debug)]
 pub struct BertIntermediate {
-    pub dense: Linear,
+    pub dense: LoraLinear,
     #[module(skip)]
     act: Activation,
 }
@@ -256,7 +257,7 @@ impl BertLayer {
                 output: BertResidualOutput::new(config, config.hidden_size, device),
             },
             intermediate: BertIntermediate {
-                dense: LinearConfig::new(config.hidden_size, config.intermediate_size).init(device),
+                dense: LoraLinear::new(config.hidden_size, config.intermediate_size, device),
                 act: Activation::from_name(&config.hidden_act),
             },
             output: BertResidualOutput::new(config, config.intermediate_size, device),
@@ -277,7 +278,7 @@ impl BertLayer {
                 output: attention_output,
             },
             intermediate: BertIntermediate {
-                dense: intermediate_dense,
+                dense: intermediate_dense.into(),
                 act: Activation::from_name(&config.hidden_act),
             },
             output,
@@ -307,7 +308,7 @@ pub struct BertEncoder {
 
 #[derive(Module, Debug)]
 pub struct BertPooler {
-    pub dense: Linear,
+    pub dense: LoraLinear,
 }
 
 impl BertPooler {
@@ -346,8 +347,58 @@ impl BertModel {
                     .collect(),
             },
             pooler: with_pooler.then(|| BertPooler {
-                dense: LinearConfig::new(config.hidden_size, config.hidden_size).init(device),
+                dense: LoraLinear::new(config.hidden_size, config.hidden_size, device),
             }),
+        }
+    }
+
+    /// Rebuilds every linear of the encoder and pooler through `f`, which gets the linear's HF
+    /// module path inside a task model (`bert.encoder.layer.0.attention.self.query`): how LoRA
+    /// adapters are attached by peft's target names, and merged again.
+    pub fn map_linears(self, mut f: impl FnMut(&str, LoraLinear) -> LoraLinear) -> Self {
+        let layer = self
+            .encoder
+            .layer
+            .into_iter()
+            .enumerate()
+            .map(|(i, layer)| {
+                let mut g = |name: &str, l| f(&format!("bert.encoder.layer.{i}.{name}"), l);
+                let BertLayer {
+                    attention: BertAttention { self_attn, output },
+                    intermediate,
+                    output: layer_output,
+                } = layer;
+                BertLayer {
+                    attention: BertAttention {
+                        self_attn: BertSelfAttention {
+                            query: g("attention.self.query", self_attn.query),
+                            key: g("attention.self.key", self_attn.key),
+                            value: g("attention.self.value", self_attn.value),
+                            ..self_attn
+                        },
+                        output: BertResidualOutput {
+                            dense: g("attention.output.dense", output.dense),
+                            ..output
+                        },
+                    },
+                    intermediate: BertIntermediate {
+                        dense: g("intermediate.dense", intermediate.dense),
+                        ..intermediate
+                    },
+                    output: BertResidualOutput {
+                        dense: g("output.dense", layer_output.dense),
+                        ..layer_output
+                    },
+                }
+            })
+            .collect();
+        let pooler = self.pooler.map(|p| BertPooler {
+            dense: f("bert.pooler.dense", p.dense),
+        });
+        Self {
+            embeddings: self.embeddings,
+            encoder: BertEncoder { layer },
+            pooler,
         }
     }
 

@@ -7,7 +7,8 @@ use burn::prelude::*;
 
 use crate::bert::{BertExtras, BertInput, BertModel, BertPooler};
 use crate::config::BertConfig;
-use crate::peft::{PeftConfig, PrefixEncoder};
+use crate::error::{ModelError, Result};
+use crate::peft::{PeftConfig, PrefixEncoder, PromptEncoder};
 
 /// A padded batch with its class indices.
 #[derive(Debug, Clone)]
@@ -28,8 +29,10 @@ pub struct ClassificationStep {
 #[derive(Module, Debug)]
 pub struct BertClassifier {
     pub bert: BertModel,
-    /// peft names this `prompt_encoder`; present for prefix tuning.
-    pub prompt_encoder: Option<PrefixEncoder>,
+    /// Prefix tuning's key/value prefixes (peft's `prompt_encoder` for `PREFIX_TUNING`).
+    pub prefix_encoder: Option<PrefixEncoder>,
+    /// Prompt tuning's or p-tuning's soft prompt (peft's `prompt_encoder` for those).
+    pub prompt_encoder: Option<PromptEncoder>,
     pub dropout: Dropout,
     pub classifier: Linear,
 }
@@ -37,7 +40,8 @@ pub struct BertClassifier {
 impl BertClassifier {
     /// Wraps a loaded BERT. `classifier` is a head from the checkpoint (a fine-tuned
     /// `BertForSequenceClassification`); without one, the head is initialised as HF does
-    /// (normal with std `initializer_range`, zero bias).
+    /// (normal with std `initializer_range`, zero bias). Fails when LoRA's `target_modules`
+    /// name no linear of the model.
     pub fn new(
         bert: BertModel,
         classifier: Option<Linear>,
@@ -45,30 +49,44 @@ impl BertClassifier {
         peft: &PeftConfig,
         num_labels: usize,
         device: &Device,
-    ) -> Self {
+    ) -> Result<Self> {
         let mut bert = bert;
         if bert.pooler.is_none() {
             // HF builds BertForSequenceClassification with a pooler even when the checkpoint
             // has none, initialised at random; do the same so the head sees the same features.
             bert.pooler = Some(BertPooler {
-                dense: hf_linear(config.hidden_size, config.hidden_size, config, device),
+                dense: hf_linear(config.hidden_size, config.hidden_size, config, device).into(),
             });
         }
         let classifier = match classifier {
             Some(c) if c.weight.dims()[1] == num_labels => c,
             _ => hf_linear(config.hidden_size, num_labels, config, device),
         };
-        let prompt_encoder = match peft {
-            PeftConfig::PrefixTuning(c) => Some(PrefixEncoder::new(c, config, device)),
-            PeftConfig::Full(_) => None,
-        };
         let bert = if peft.freezes_base() {
             bert.no_grad()
         } else {
             bert
         };
-        Self {
+        let (mut prefix_encoder, mut prompt_encoder) = (None, None);
+        let bert = match peft {
+            PeftConfig::PrefixTuning(c) => {
+                prefix_encoder = Some(PrefixEncoder::new(c, config, device));
+                bert
+            }
+            PeftConfig::PromptTuning(c) => {
+                prompt_encoder = Some(PromptEncoder::prompt_tuning(c, config, device));
+                bert
+            }
+            PeftConfig::PTuning(c) => {
+                prompt_encoder = Some(PromptEncoder::p_tuning(c, config, device));
+                bert
+            }
+            PeftConfig::Lora(c) => with_lora(bert, c)?,
+            PeftConfig::Full(_) => bert,
+        };
+        Ok(Self {
             bert,
+            prefix_encoder,
             prompt_encoder,
             dropout: DropoutConfig::new(
                 config
@@ -77,6 +95,39 @@ impl BertClassifier {
             )
             .init(),
             classifier,
+        })
+    }
+
+    /// Folds LoRA updates into the base weights (a no-op for other methods): the same logits
+    /// without the extra low-rank matmuls, for inference.
+    pub fn merge_lora(self) -> Self {
+        Self {
+            bert: self.bert.map_linears(|_, linear| linear.merge()),
+            ..self
+        }
+    }
+
+    /// Starts prompt tuning's soft prompt from the word embeddings of `token_ids` (peft's
+    /// `prompt_tuning_init = TEXT`; see [`crate::peft::prompt::init_token_ids`]).
+    pub fn init_prompt_from_tokens(self, token_ids: &[u32]) -> Self {
+        let Some(prompt) = self.prompt_encoder else {
+            return self;
+        };
+        let device = prompt.embedding.weight.device();
+        let ids: Vec<i64> = token_ids.iter().map(|&i| i as i64).collect();
+        let n = ids.len();
+        let ids = Tensor::<1, Int>::from_data(TensorData::new(ids, [n]), &device);
+        let words = self
+            .bert
+            .embeddings
+            .word_embeddings
+            .weight
+            .val()
+            .select(0, ids)
+            .detach();
+        Self {
+            prompt_encoder: Some(prompt.with_init_embeddings(words)),
+            ..self
         }
     }
 
@@ -84,8 +135,8 @@ impl BertClassifier {
     pub fn forward(&self, input: BertInput) -> Tensor<2> {
         let [batch, _] = input.input_ids.dims();
         let extras = BertExtras {
-            prefix: self.prompt_encoder.as_ref().map(|p| p.forward(batch)),
-            prompt: None,
+            prefix: self.prefix_encoder.as_ref().map(|p| p.forward(batch)),
+            prompt: self.prompt_encoder.as_ref().map(|p| p.forward(batch)),
         };
         let pooled = self
             .bert
@@ -112,6 +163,40 @@ impl BertClassifier {
     pub fn num_labels(&self) -> usize {
         self.classifier.weight.dims()[1]
     }
+}
+
+/// Attaches LoRA updates to the linears `config.target_modules` names, as peft does; a target
+/// that matches nothing is an error (peft: "Target modules ... not found in the base model").
+fn with_lora(bert: BertModel, config: &crate::peft::LoraConfig) -> Result<BertModel> {
+    let mut matched = vec![false; config.target_modules.len()];
+    let bert = bert.map_linears(|path, linear| {
+        let mut hit = false;
+        for (i, t) in config.target_modules.iter().enumerate() {
+            if crate::peft::lora::target_matches(t, path) {
+                matched[i] = true;
+                hit = true;
+            }
+        }
+        if hit {
+            linear.with_lora(config)
+        } else {
+            linear
+        }
+    });
+    let missing: Vec<&str> = config
+        .target_modules
+        .iter()
+        .zip(&matched)
+        .filter(|(_, m)| !**m)
+        .map(|(t, _)| t.as_str())
+        .collect();
+    if !missing.is_empty() {
+        return Err(ModelError::Other(format!(
+            "lora: target_modules {missing:?} match no linear of BERT (its linears: query, key, \
+             value, dense; or full paths like bert.encoder.layer.0.attention.self.query)"
+        )));
+    }
+    Ok(bert)
 }
 
 /// A linear layer initialised as HF's `BertPreTrainedModel._init_weights` does.

@@ -220,7 +220,7 @@ fn read_model(r: &mut Reader<'_>, c: &BertConfig) -> Option<BertModel> {
     }
     let pooler = if r.has("pooler.dense.weight") {
         Some(BertPooler {
-            dense: r.linear("pooler.dense", h, h)?,
+            dense: r.linear("pooler.dense", h, h)?.into(),
         })
     } else {
         None
@@ -279,7 +279,7 @@ fn read_residual(
     let dense = r.linear(&format!("{key}.dense"), d_in, c.hidden_size);
     let norm = r.layer_norm(&format!("{key}.LayerNorm"), c);
     Some(BertResidualOutput {
-        dense: dense?,
+        dense: dense?.into(),
         layer_norm: norm?,
         dropout: DropoutConfig::new(c.hidden_dropout_prob).init(),
     })

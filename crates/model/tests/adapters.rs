@@ -61,7 +61,8 @@ fn classifier_with(dir: &std::path::Path, device: &Device) -> (BertClassifier, B
         device,
     )
     .unwrap();
-    let model = BertClassifier::new(loaded.model, None, &config, &a.peft, a.num_labels, device);
+    let model =
+        BertClassifier::new(loaded.model, None, &config, &a.peft, a.num_labels, device).unwrap();
     (params::apply(model, &a.tensors).unwrap().valid(), config)
 }
 
@@ -79,21 +80,29 @@ fn peft_adapters_load_and_round_trip() {
     let exp: Value =
         serde_json::from_str(&std::fs::read_to_string(fixtures().join("expected.json")).unwrap())
             .unwrap();
+    let mut seen = Vec::new();
     for case in exp["peft_adapters"].as_array().unwrap() {
         let dir = fixtures().join(case["dir"].as_str().unwrap());
         let (model, config) = classifier_with(&dir, &device);
         let got = logits(&model, &exp, &device);
-        let want = flat(&case["logits"]);
-        let diff = got
-            .iter()
-            .zip(&want)
-            .map(|(a, b)| (a - b).abs())
-            .fold(0.0, f32::max);
+        let diff = max_diff(&got, &flat(&case["logits"]));
         assert!(
             diff < 1e-4,
             "{}: logits differ from peft by {diff}",
             dir.display()
         );
+        // The probabilities peft reports, which `predict` prints.
+        let probs = burn::tensor::activation::softmax(model.forward(input(&exp, &device)), 1);
+        let diff = max_diff(
+            &probs.into_data().try_to_vec::<f32>().unwrap(),
+            &flat(&case["probabilities"]),
+        );
+        assert!(
+            diff < 1e-4,
+            "{}: probabilities differ by {diff}",
+            dir.display()
+        );
+        seen.push(case["peft_type"].as_str().unwrap().to_string());
 
         // Written here, read back: the same classifier.
         let tmp = tempfile::tempdir().unwrap();
@@ -110,10 +119,82 @@ fn peft_adapters_load_and_round_trip() {
         let written: Value =
             serde_json::from_str(&std::fs::read_to_string(out.join(adapter::CONFIG_FILE)).unwrap())
                 .unwrap();
-        assert_eq!(written["peft_type"], "PREFIX_TUNING");
+        assert_eq!(written["peft_type"], peft.peft_type().unwrap());
         assert_eq!(written["task_type"], "SEQ_CLS");
-        assert_eq!(written["token_dim"], 32);
+        assert_eq!(written["token_dim"].as_u64().unwrap_or(32), 32);
     }
+    seen.dedup();
+    assert_eq!(seen, ["PREFIX_TUNING", "PROMPT_TUNING", "P_TUNING", "LORA"]);
+}
+
+/// LoRA folded into the base weights gives the same logits, without the adapter modules.
+#[test]
+fn merged_lora_matches_unmerged() {
+    let device = Device::default();
+    let exp: Value =
+        serde_json::from_str(&std::fs::read_to_string(fixtures().join("expected.json")).unwrap())
+            .unwrap();
+    for dir in ["peft-lora", "peft-lora-dense"] {
+        let (model, _) = classifier_with(&fixtures().join(dir), &device);
+        let before = logits(&model, &exp, &device);
+        let lora_tensors = params::collect(&model, |p| p.contains(".lora.")).len();
+        assert!(lora_tensors >= 8, "{dir}: {lora_tensors}");
+        let merged = model.merge_lora();
+        assert_eq!(params::collect(&merged, |p| p.contains(".lora.")).len(), 0);
+        let diff = max_diff(&before, &logits(&merged, &exp, &device));
+        assert!(diff < 1e-5, "{dir}: merging changed logits by {diff}");
+    }
+}
+
+fn max_diff(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
+}
+
+#[test]
+fn lora_and_prompt_adapter_errors_name_the_field() {
+    let config = BertConfig::from_file(&fixtures().join("tiny-bert/config.json")).unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let edit = |src: &str, key: &str, value: Value| {
+        let src = fixtures().join(src);
+        let dir = tmp
+            .path()
+            .join(format!("{key}-{}", src.display().to_string().len()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::copy(
+            src.join(adapter::WEIGHTS_FILE),
+            dir.join(adapter::WEIGHTS_FILE),
+        )
+        .unwrap();
+        let mut cfg: Value =
+            serde_json::from_str(&std::fs::read_to_string(src.join(adapter::CONFIG_FILE)).unwrap())
+                .unwrap();
+        cfg[key] = value;
+        std::fs::write(dir.join(adapter::CONFIG_FILE), cfg.to_string()).unwrap();
+        adapter::read(&dir, &config).unwrap_err().to_string()
+    };
+    let e = edit("peft-lora", "use_dora", true.into());
+    assert!(e.contains("`use_dora`"), "{e}");
+    let e = edit("peft-lora", "bias", "all".into());
+    assert!(e.contains("`bias`: \"all\""), "{e}");
+    let e = edit("peft-lora", "rank_pattern", serde_json::json!({"query": 4}));
+    assert!(e.contains("`rank_pattern`"), "{e}");
+    // A LoRA config over prompt-tuning weights: the tensors do not fit the declared type.
+    let e = edit("peft-prompt", "peft_type", "LORA".into());
+    assert!(
+        e.contains("missing tensor `base_model.model.classifier.weight`"),
+        "{e}"
+    );
+    let e = edit("peft-lora", "peft_type", "PROMPT_TUNING".into());
+    assert!(
+        e.contains("missing tensor `base_model.classifier.weight`"),
+        "{e}"
+    );
+    let e = edit("peft-prompt", "token_dim", 64.into());
+    assert!(e.contains("`token_dim`: 64"), "{e}");
 }
 
 #[test]

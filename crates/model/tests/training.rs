@@ -1,16 +1,18 @@
-//! One training step of prefix tuning against peft 0.12 (fixtures from
+//! One training step of every method against peft 0.12 / transformers 4.44.2 (fixtures from
 //! `tests/fixtures/make_fixtures.py`): loss, logits and the gradient of every trainable
-//! parameter, with and without the prefix projection MLP.
+//! parameter.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use bert_model::BertConfig;
+use bert_model::BertTokenizer;
 use bert_model::bert::BertInput;
 use bert_model::classifier::{BertClassifier, ClassificationBatch};
 use bert_model::load::load_bert;
 use bert_model::params;
-use bert_model::peft::{PeftConfig, PrefixTuningConfig};
+use bert_model::peft::prompt::init_token_ids;
+use bert_model::peft::{PeftConfig, PromptTuningInit};
 use bert_model::weights::{Checkpoint, RawTensor};
 use burn::module::{ModuleVisitor, Param};
 use burn::prelude::*;
@@ -105,8 +107,22 @@ impl ModuleVisitor for GradCollector<'_> {
     }
 }
 
+fn tensors(v: &Value) -> BTreeMap<String, RawTensor> {
+    v.as_object()
+        .unwrap()
+        .iter()
+        .map(|(k, v)| {
+            let shape: Vec<usize> = ints(&v["shape"]).iter().map(|&x| x as usize).collect();
+            (k.clone(), to_burn_layout(k, &shape, flat(&v["data"])))
+        })
+        .collect()
+}
+
+/// Every method (prefix tuning with and without projection, prompt tuning with random and text
+/// init, p-tuning, LoRA on query/value and on key + every dense with rsLoRA, full fine-tuning):
+/// one step from the same weights as peft gives the same loss, logits and gradients.
 #[test]
-fn prefix_tuning_step_matches_peft() {
+fn one_training_step_matches_peft_for_every_method() {
     let device = Device::default().autodiff();
     let exp: Value =
         serde_json::from_str(&std::fs::read_to_string(fixtures().join("expected.json")).unwrap())
@@ -117,20 +133,18 @@ fn prefix_tuning_step_matches_peft() {
     config.hidden_dropout_prob = 0.0;
     config.attention_probs_dropout_prob = 0.0;
     let checkpoint = Checkpoint::read(&dir.join("model.safetensors")).unwrap();
+    let tokenizer = BertTokenizer::from_dir(&dir, 32).unwrap();
 
-    for case in exp["prefix_training"].as_array().unwrap() {
-        let projection = case["prefix_projection"].as_bool().unwrap();
-        let peft = PeftConfig::PrefixTuning(
-            PrefixTuningConfig::new()
-                .with_num_virtual_tokens(case["num_virtual_tokens"].as_u64().unwrap() as usize)
-                .with_prefix_projection(
-                    projection,
-                    case["encoder_hidden_size"].as_u64().unwrap() as usize,
-                ),
-        );
+    let cases = exp["training"].as_array().unwrap();
+    assert_eq!(cases.len(), 8);
+    for case in cases {
+        let name = case["name"].as_str().unwrap();
+        let peft: PeftConfig = serde_json::from_value(case["peft"].clone()).unwrap();
         let loaded = load_bert(&checkpoint, &config, &device).unwrap();
-        let model =
-            BertClassifier::new(loaded.model, loaded.classifier, &config, &peft, 2, &device);
+        let mut model =
+            BertClassifier::new(loaded.model, loaded.classifier, &config, &peft, 2, &device)
+                .unwrap();
+        let weights = tensors(&case["params"]);
 
         // Same trainable parameter count as peft's print_trainable_parameters.
         let trainable: usize = params::shapes(&model)
@@ -138,17 +152,27 @@ fn prefix_tuning_step_matches_peft() {
             .filter(|(k, _)| peft.is_trainable(k))
             .map(|(_, s)| s.iter().product::<usize>())
             .sum();
-        assert_eq!(trainable as u64, case["trainable_params"].as_u64().unwrap());
+        assert_eq!(
+            trainable as u64,
+            case["trainable_params"].as_u64().unwrap(),
+            "{name}"
+        );
 
-        let weights: BTreeMap<String, RawTensor> = case["params"]
-            .as_object()
-            .unwrap()
-            .iter()
-            .map(|(k, v)| {
-                let shape: Vec<usize> = ints(&v["shape"]).iter().map(|&x| x as usize).collect();
-                (k.clone(), to_burn_layout(k, &shape, flat(&v["data"])))
-            })
-            .collect();
+        // Text init: the soft prompt starts as the word embeddings of the tokenized phrase.
+        if let PeftConfig::PromptTuning(c) = &peft
+            && c.prompt_tuning_init == PromptTuningInit::Text
+        {
+            let text = c.prompt_tuning_init_text.as_deref().unwrap();
+            let ids = init_token_ids(
+                &tokenizer.encode(text).unwrap().input_ids,
+                c.num_virtual_tokens,
+            );
+            model = model.init_prompt_from_tokens(&ids);
+            let ours = params::collect(&model, |p| p == "prompt_encoder.embedding.weight");
+            let key = "prompt_encoder.embedding.weight";
+            let d = max_diff(&ours[key].data, &weights[key].data);
+            assert!(d < 1e-6, "{name}: text init differs from peft's by {d}");
+        }
         let model = params::apply(model, &weights).unwrap();
 
         let labels = ints(&case["labels"]);
@@ -159,9 +183,15 @@ fn prefix_tuning_step_matches_peft() {
         });
         let loss = step.loss.clone().into_scalar::<f32>();
         let want_loss = case["loss"].as_f64().unwrap() as f32;
-        assert!((loss - want_loss).abs() < TOL, "loss {loss} vs {want_loss}");
+        assert!(
+            (loss - want_loss).abs() < TOL,
+            "{name}: loss {loss} vs {want_loss}"
+        );
         let logits = step.logits.clone().into_data().try_to_vec::<f32>().unwrap();
-        assert!(max_diff(&logits, &flat(&case["logits"])) < TOL, "logits");
+        assert!(
+            max_diff(&logits, &flat(&case["logits"])) < TOL,
+            "{name}: logits"
+        );
 
         let grads = step.loss.backward();
         let mut collector = GradCollector {
@@ -172,19 +202,24 @@ fn prefix_tuning_step_matches_peft() {
         model.visit(&mut collector);
         let want = case["grads"].as_object().unwrap();
         let got: Vec<&String> = collector.out.keys().collect();
-        let mut want_keys: Vec<&String> = want.keys().collect();
-        want_keys.sort();
-        // Exactly the trainable parameters get gradients: the frozen BERT gets none.
-        assert_eq!(got, want_keys, "projection={projection}");
+        if let Some(n) = case["num_tensors"].as_u64() {
+            // Full fine-tuning: every tensor gets a gradient; a sample is compared.
+            assert_eq!(got.len() as u64, n, "{name}");
+        } else {
+            // Exactly the trainable parameters get gradients: the frozen BERT gets none.
+            let mut want_keys: Vec<&String> = want.keys().collect();
+            want_keys.sort();
+            assert_eq!(got, want_keys, "{name}");
+        }
         for (k, v) in want {
-            let (shape, data) = &collector.out[k];
+            let (shape, data) = collector
+                .out
+                .get(k)
+                .unwrap_or_else(|| panic!("{name}: no gradient for {k}"));
             let want_shape: Vec<usize> = ints(&v["shape"]).iter().map(|&x| x as usize).collect();
-            assert_eq!(shape, &want_shape, "{k}");
+            assert_eq!(shape, &want_shape, "{name}: {k}");
             let d = max_diff(data, &flat(&v["data"]));
-            assert!(
-                d < TOL,
-                "gradient of {k} (projection={projection}): max abs diff {d}"
-            );
+            assert!(d < TOL, "{name}: gradient of {k}: max abs diff {d}");
         }
     }
 }

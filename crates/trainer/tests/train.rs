@@ -150,7 +150,7 @@ fn train_writes_a_run_that_eval_reproduces_and_resume_continues_exactly() {
         [
             "classifier.bias",
             "classifier.weight",
-            "prompt_encoder.embedding.weight"
+            "prefix_encoder.embedding.weight"
         ]
     );
 
@@ -273,4 +273,177 @@ fn bad_data_and_configs_are_named() {
         &["train", "--resume", "--run-dir", "nowhere"],
     ));
     assert!(e.contains("nowhere"), "{e}");
+}
+
+/// Every method trains from the CLI, and its run's peft adapter directory, applied to the base
+/// model with `--model --adapter`, evaluates exactly as the run itself (LoRA merged on load).
+#[test]
+fn every_method_trains_and_its_peft_adapter_evaluates_like_the_run() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    write_data(dir);
+    let base = fixtures().join("tiny-bert");
+    let methods: [(&str, &[&str]); 5] = [
+        (
+            "prompt",
+            &["peft.method=prompt-tuning", "peft.num_virtual_tokens=4"],
+        ),
+        (
+            "prompt-text",
+            &[
+                "peft.method=prompt-tuning",
+                "peft.num_virtual_tokens=4",
+                "peft.prompt_tuning_init=text",
+                "peft.prompt_tuning_init_text=标题党",
+            ],
+        ),
+        (
+            "p-tuning",
+            &[
+                "peft.method=p-tuning",
+                "peft.num_virtual_tokens=4",
+                "peft.encoder_hidden_size=8",
+            ],
+        ),
+        (
+            "lora",
+            &[
+                "peft.method=lora",
+                "peft.target_modules=[\"query\", \"value\", \"dense\"]",
+            ],
+        ),
+        ("full", &["peft.method=full", "train.lr=1e-3"]),
+    ];
+    for (name, sets) in methods {
+        // `--set peft.method=...` replaces the method; the prefix-only key must go.
+        let config = std::fs::read_to_string(dir.join("tiny.toml"))
+            .unwrap()
+            .replace("method = \"prefix-tuning\"\nnum_virtual_tokens = 4\n", "")
+            .replace("epochs = 2", "epochs = 1");
+        std::fs::write(dir.join(format!("{name}.toml")), config).unwrap();
+        let run = format!("runs/{name}");
+        let cfg = format!("{name}.toml");
+        let mut args = vec!["train", "--config", &cfg, "--run-dir", &run];
+        for s in sets {
+            args.extend(["--set", s]);
+        }
+        let out = trainer(dir, &args);
+        ok(&out);
+        let by_run = json_out(&trainer(dir, &["eval", "--run", &run, "--json"]));
+        let adapter = dir.join(&run).join("adapter");
+        if name == "full" {
+            assert!(!adapter.exists(), "full fine-tuning has no peft adapter");
+            continue;
+        }
+        let cfg = json(&adapter.join("adapter_config.json"));
+        assert_eq!(
+            cfg["peft_type"],
+            match name {
+                "prompt" | "prompt-text" => "PROMPT_TUNING",
+                "p-tuning" => "P_TUNING",
+                _ => "LORA",
+            }
+        );
+        let by_adapter = json_out(&trainer(
+            dir,
+            &[
+                "eval",
+                "--model",
+                base.to_str().unwrap(),
+                "--adapter",
+                adapter.to_str().unwrap(),
+                "--labels",
+                &format!("{run}/labels.txt"),
+                "--max-length",
+                "16",
+                "--data",
+                &format!("{run}/valid.csv"),
+                "--json",
+            ],
+        ));
+        let (a, b) = (
+            by_run["loss"].as_f64().unwrap(),
+            by_adapter["loss"].as_f64().unwrap(),
+        );
+        assert!(
+            (a - b).abs() < 1e-5,
+            "{name}: run loss {a} vs adapter loss {b}"
+        );
+        assert_eq!(by_run["confusion"], by_adapter["confusion"], "{name}");
+    }
+}
+
+fn json_out(out: &Output) -> Value {
+    serde_json::from_str(ok(out).trim()).unwrap()
+}
+
+/// Adapters saved by Python peft (fixtures) evaluate here with peft's loss on the fixture texts.
+#[test]
+fn python_peft_adapters_evaluate_with_peft_loss() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let exp = json(&fixtures().join("expected.json"));
+    let names = ["标题党", "非标题党"];
+    let mut csv = String::from("title,label\n");
+    for (i, t) in exp["texts"].as_array().unwrap().iter().enumerate() {
+        csv.push_str(&format!("\"{}\",{}\n", t.as_str().unwrap(), names[i % 2]));
+    }
+    std::fs::write(dir.join("texts.csv"), csv).unwrap();
+    std::fs::write(dir.join("labels.txt"), names.join("\n")).unwrap();
+    for case in exp["peft_adapters"].as_array().unwrap() {
+        let adapter = fixtures().join(case["dir"].as_str().unwrap());
+        // peft's mean cross-entropy from its logits, labels 0, 1, 0, 1.
+        let logits = case["logits"].as_array().unwrap();
+        let want: f64 = logits
+            .iter()
+            .enumerate()
+            .map(|(i, row)| {
+                let row: Vec<f64> = row
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|v| v.as_f64().unwrap())
+                    .collect();
+                let max = row.iter().cloned().fold(f64::MIN, f64::max);
+                let lse = max + row.iter().map(|v| (v - max).exp()).sum::<f64>().ln();
+                lse - row[i % 2]
+            })
+            .sum::<f64>()
+            / logits.len() as f64;
+        let got = json_out(&trainer(
+            dir,
+            &[
+                "eval",
+                "--model",
+                fixtures().join("tiny-bert").to_str().unwrap(),
+                "--adapter",
+                adapter.to_str().unwrap(),
+                "--labels",
+                "labels.txt",
+                "--data",
+                "texts.csv",
+                "--json",
+            ],
+        ));
+        let loss = got["loss"].as_f64().unwrap();
+        assert!(
+            (loss - want).abs() < 1e-4,
+            "{}: {loss} vs peft {want}",
+            adapter.display()
+        );
+    }
+    // Without --labels the names are LABEL_i, so this CSV's labels are unknown: named.
+    let e = err(&trainer(
+        dir,
+        &[
+            "eval",
+            "--model",
+            fixtures().join("tiny-bert").to_str().unwrap(),
+            "--adapter",
+            fixtures().join("peft-lora").to_str().unwrap(),
+            "--data",
+            "texts.csv",
+        ],
+    ));
+    assert!(e.contains("unknown label") && e.contains("LABEL_0"), "{e}");
 }

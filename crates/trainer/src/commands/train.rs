@@ -120,7 +120,7 @@ pub fn run(args: TrainArgs) -> Result<()> {
     } else {
         prepare(&run, &config, &pretrained.tokenizer)?
     };
-    let model = build_model(&pretrained, &config, data.labels.len(), &train_device);
+    let model = build_model(&pretrained, &config, data.labels.len(), &train_device)?;
     let (trainable, total) = param_counts(&model, &config);
     eprintln!(
         "{}: trainable params: {} || all params: {} || trainable%: {:.4}",

@@ -1,0 +1,158 @@
+//! Soft prompts prepended to the input embeddings: prompt tuning (Lester et al., 2021) and
+//! p-tuning (Liu et al., 2021), as peft implements them.
+//!
+//! Both learn `num_virtual_tokens` vectors of the embedding width that the model reads before
+//! the real tokens (mask extended by ones, token type 0, and the pooler then reads the first
+//! virtual token, as in peft). Prompt tuning trains the vectors directly (peft's
+//! `PromptEmbedding`); p-tuning reparameterises them through an MLP (peft's `PromptEncoder`
+//! with `encoder_reparameterization_type = "MLP"`: Linear-ReLU-Linear-ReLU-Linear). peft saves
+//! both as the final vectors (`prompt_embeddings`), which load here as a plain prompt.
+
+use burn::nn::{Embedding, EmbeddingConfig, Linear, LinearConfig};
+use burn::prelude::*;
+use burn::tensor::activation::relu;
+use serde::{Deserialize, Serialize};
+
+use crate::config::BertConfig;
+
+/// How prompt tuning's vectors start (peft's `PromptTuningInit`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PromptTuningInit {
+    /// Standard normal, torch's `nn.Embedding` default.
+    #[default]
+    Random,
+    /// The word embeddings of `prompt_tuning_init_text`'s tokens (with `[CLS]`/`[SEP]`),
+    /// repeated or cut to `num_virtual_tokens`.
+    Text,
+}
+
+/// peft's `PromptTuningConfig`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PromptTuningConfig {
+    pub num_virtual_tokens: usize,
+    pub prompt_tuning_init: PromptTuningInit,
+    pub prompt_tuning_init_text: Option<String>,
+}
+
+impl Default for PromptTuningConfig {
+    fn default() -> Self {
+        Self {
+            num_virtual_tokens: 20,
+            prompt_tuning_init: PromptTuningInit::Random,
+            prompt_tuning_init_text: None,
+        }
+    }
+}
+
+/// The reparameterisation of p-tuning. Only peft's MLP is implemented; its LSTM variant is
+/// refused by name rather than approximated.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Reparameterization {
+    #[default]
+    Mlp,
+}
+
+/// peft's `PromptEncoderConfig` (p-tuning), with the reference recipe's values as defaults.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PromptEncoderConfig {
+    pub num_virtual_tokens: usize,
+    /// Hidden width of the MLP.
+    pub encoder_hidden_size: usize,
+    pub encoder_reparameterization_type: Reparameterization,
+}
+
+impl Default for PromptEncoderConfig {
+    fn default() -> Self {
+        Self {
+            num_virtual_tokens: 20,
+            encoder_hidden_size: 128,
+            encoder_reparameterization_type: Reparameterization::Mlp,
+        }
+    }
+}
+
+/// p-tuning's MLP, peft's `mlp_head` (`Sequential` indices 0, 2, 4).
+#[derive(Module, Debug)]
+pub struct PromptMlp {
+    pub dense_in: Linear,
+    pub dense_mid: Linear,
+    pub dense_out: Linear,
+}
+
+impl PromptMlp {
+    fn forward(&self, x: Tensor<2>) -> Tensor<2> {
+        let x = relu(self.dense_in.forward(x));
+        let x = relu(self.dense_mid.forward(x));
+        self.dense_out.forward(x)
+    }
+}
+
+/// The soft prompt: trainable embeddings, optionally through p-tuning's MLP.
+#[derive(Module, Debug)]
+pub struct PromptEncoder {
+    pub embedding: Embedding,
+    pub mlp_head: Option<PromptMlp>,
+}
+
+impl PromptEncoder {
+    /// Prompt tuning with random init (text init: [`PromptEncoder::with_init_embeddings`]).
+    pub fn prompt_tuning(config: &PromptTuningConfig, bert: &BertConfig, device: &Device) -> Self {
+        Self {
+            embedding: EmbeddingConfig::new(config.num_virtual_tokens, bert.hidden_size)
+                .init(device),
+            mlp_head: None,
+        }
+    }
+
+    pub fn p_tuning(config: &PromptEncoderConfig, bert: &BertConfig, device: &Device) -> Self {
+        let (h, e) = (bert.hidden_size, config.encoder_hidden_size);
+        Self {
+            embedding: EmbeddingConfig::new(config.num_virtual_tokens, h).init(device),
+            mlp_head: Some(PromptMlp {
+                dense_in: LinearConfig::new(h, e).init(device),
+                dense_mid: LinearConfig::new(e, e).init(device),
+                dense_out: LinearConfig::new(e, h).init(device),
+            }),
+        }
+    }
+
+    /// Replaces the initial vectors (prompt tuning's text init), keeping them trainable.
+    pub fn with_init_embeddings(mut self, weights: Tensor<2>) -> Self {
+        self.embedding.weight = self.embedding.weight.map(|_| weights.require_grad());
+        self
+    }
+
+    pub fn num_virtual_tokens(&self) -> usize {
+        self.embedding.weight.dims()[0]
+    }
+
+    /// The prompt `[num_virtual_tokens, hidden]`, after the MLP if any: what peft saves as
+    /// `prompt_embeddings`.
+    pub fn prompt_embeddings(&self) -> Tensor<2> {
+        let weights = self.embedding.weight.val();
+        match &self.mlp_head {
+            Some(mlp) => mlp.forward(weights),
+            None => weights,
+        }
+    }
+
+    /// The prompt for a batch, `[batch, num_virtual_tokens, hidden]`.
+    pub fn forward(&self, batch: usize) -> Tensor<3> {
+        let prompt = self.prompt_embeddings();
+        let [n, h] = prompt.dims();
+        prompt.unsqueeze_dim::<3>(0).expand([batch, n, h])
+    }
+}
+
+/// Token ids for prompt tuning's text init, as peft picks them: the tokenized text (special
+/// tokens included) cut to `n`, or repeated until it covers `n`.
+pub fn init_token_ids(text_ids: &[u32], n: usize) -> Vec<u32> {
+    if text_ids.is_empty() {
+        return Vec::new();
+    }
+    text_ids.iter().copied().cycle().take(n).collect()
+}
