@@ -35,6 +35,14 @@ impl LabelMap {
         Ok(Self { labels })
     }
 
+    /// `LABEL_0`, `LABEL_1`, ... (HF's names when a model has no label names); looked up
+    /// case-insensitively like every label.
+    pub fn placeholders(n: usize) -> Result<Self> {
+        let mut map = Self::new((0..n).map(|i| format!("label_{i}")).collect())?;
+        map.labels = (0..n).map(|i| format!("LABEL_{i}")).collect();
+        Ok(map)
+    }
+
     /// Reads a label file. Blank lines at the end are ignored; a blank line in the middle is an
     /// error because it would shift every index after it.
     pub fn read(path: &Path) -> Result<Self> {
@@ -92,7 +100,7 @@ impl LabelMap {
 
     pub fn index(&self, label: &str) -> Option<usize> {
         let label = normalize_label(label);
-        self.labels.iter().position(|l| *l == label)
+        self.labels.iter().position(|l| normalize_label(l) == label)
     }
 
     /// The class index of every row of `table`; an unknown label is an error naming its line.

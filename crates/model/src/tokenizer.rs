@@ -132,6 +132,11 @@ impl BertTokenizer {
         Ok(())
     }
 
+    /// The truncation length (special tokens included), if any.
+    pub fn max_length(&self) -> Option<usize> {
+        self.inner.get_truncation().map(|t| t.max_length)
+    }
+
     pub fn pad_id(&self) -> u32 {
         self.pad_id
     }

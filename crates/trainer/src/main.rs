@@ -10,6 +10,7 @@ mod metrics;
 mod renderer;
 mod run;
 mod schedule;
+mod threshold;
 
 use std::process::ExitCode;
 
@@ -32,6 +33,10 @@ enum Command {
     Train(commands::train::TrainArgs),
     /// Evaluate a trained run on a labelled CSV (default: its validation split).
     Eval(commands::eval::EvalArgs),
+    /// Classify texts (arguments or stdin), or score a CSV with --input/--output.
+    Predict(commands::predict::PredictArgs),
+    /// Serve classification over HTTP (JSON), several adapters on one base model.
+    Serve(commands::serve::ServeArgs),
     /// Print sentence embeddings, one JSON object per line.
     Embed(commands::embed::EmbedArgs),
     /// Measure forward-pass throughput of a model on this machine's backend.
@@ -43,6 +48,8 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Some(Command::Train(args)) => commands::train::run(args),
         Some(Command::Eval(args)) => commands::eval::run(args),
+        Some(Command::Predict(args)) => commands::predict::run(args),
+        Some(Command::Serve(args)) => commands::serve::run(args),
         Some(Command::Embed(args)) => commands::embed::run(args),
         Some(Command::Bench(args)) => commands::bench::run(args),
         // No command: the default recipe, so `cargo run --release -p trainer` trains.

@@ -11,6 +11,7 @@
 //!   adapter.safetensors    the best epoch's trainable parameters only
 //!   adapter/               the same as a HF peft adapter (adapter_config.json +
 //!                          adapter_model.safetensors), loadable by `PeftModel.from_pretrained`
+//!   threshold.json         the decision threshold from `trainer eval --save-threshold`
 //!   checkpoint/            burn-train's resume state (model, optimizer, schedule) of the
 //!                          last epoch and of the best one
 //! ```
@@ -28,6 +29,7 @@ use bert_model::{BertTokenizer, Pretrained, params};
 use burn::prelude::*;
 
 use crate::config::TrainConfig;
+use crate::threshold::Threshold;
 
 #[derive(Debug, Clone)]
 pub struct RunDir {
@@ -62,6 +64,10 @@ impl RunDir {
     /// The best epoch as a HF peft adapter directory.
     pub fn peft_adapter(&self) -> PathBuf {
         self.root.join("adapter")
+    }
+    /// The decision threshold chosen by `trainer eval --save-threshold`.
+    pub fn threshold(&self) -> PathBuf {
+        self.root.join("threshold.json")
     }
     pub fn checkpoints(&self) -> PathBuf {
         self.root.join("checkpoint")
@@ -108,10 +114,19 @@ pub struct LoadedRun {
     pub labels: LabelMap,
     pub tokenizer: BertTokenizer,
     pub model: BertClassifier,
+    /// The run's decision threshold (`threshold.json`), with its label's index.
+    pub threshold: Option<(usize, Threshold)>,
 }
 
 impl LoadedRun {
     pub fn load(dir: &Path, device: &Device) -> Result<Self> {
+        let config = Self::read_config(dir)?;
+        let pretrained = Pretrained::load(&config.model.source, config.model.max_length, device)?;
+        Self::load_with(dir, &pretrained, device)
+    }
+
+    /// A run directory's resolved recipe.
+    pub fn read_config(dir: &Path) -> Result<TrainConfig> {
         let run = RunDir::new(dir);
         if !run.config().is_file() {
             bail!(
@@ -121,8 +136,15 @@ impl LoadedRun {
         }
         let text = std::fs::read_to_string(run.config())
             .with_context(|| format!("cannot read {}", run.config().display()))?;
-        let config: TrainConfig = toml::from_str(&text)
-            .with_context(|| format!("{}: invalid run config", run.config().display()))?;
+        toml::from_str(&text)
+            .with_context(|| format!("{}: invalid run config", run.config().display()))
+    }
+
+    /// A run on an already loaded base model (several runs can share one: `serve`). The
+    /// base's tensors are shared, not copied.
+    pub fn load_with(dir: &Path, pretrained: &Pretrained, device: &Device) -> Result<Self> {
+        let run = RunDir::new(dir);
+        let config = Self::read_config(dir)?;
         let labels = LabelMap::read(&run.labels())?;
         let adapter = run.adapter();
         if !adapter.is_file() {
@@ -132,19 +154,32 @@ impl LoadedRun {
                 dir.display()
             );
         }
-        let pretrained = Pretrained::load(&config.model.source, config.model.max_length, device)?;
-        let model = build_model(&pretrained, &config, labels.len(), device)?;
+        let model = build_model(pretrained, &config, labels.len(), device)?;
         let trained = Checkpoint::read(&adapter)?;
         let model = params::apply(model, &trained.tensors)
             .map_err(|e| anyhow::anyhow!("{}: does not fit the model: {e}", adapter.display()))?
             // Inference only from here: LoRA folded into the base weights costs nothing extra.
             .merge_lora();
+        let threshold = match Threshold::read(&run.threshold())? {
+            Some(t) => {
+                let i = labels.index(&t.label).ok_or_else(|| {
+                    anyhow::anyhow!(
+                        "{}: label `{}` is not one of the run's labels",
+                        run.threshold().display(),
+                        t.label
+                    )
+                })?;
+                Some((i, t))
+            }
+            None => None,
+        };
         Ok(Self {
             dir: Some(run),
             config,
             labels,
-            tokenizer: pretrained.tokenizer,
+            tokenizer: pretrained.tokenizer.clone(),
             model,
+            threshold,
         })
     }
 
@@ -158,14 +193,22 @@ impl LoadedRun {
         device: &Device,
     ) -> Result<Self> {
         let pretrained = Pretrained::load(source, max_length, device)?;
+        Self::adapter_with(&pretrained, source, adapter_dir, labels_path, device)
+    }
+
+    /// A peft adapter on an already loaded base model (shared, not copied).
+    pub fn adapter_with(
+        pretrained: &Pretrained,
+        source: &str,
+        adapter_dir: &Path,
+        labels_path: Option<&Path>,
+        device: &Device,
+    ) -> Result<Self> {
+        let max_length = pretrained.tokenizer.max_length().unwrap_or(512);
         let adapter = bert_model::peft::adapter::read(adapter_dir, &pretrained.config)?;
         let labels = match labels_path {
             Some(path) => LabelMap::read(path)?,
-            None => LabelMap::new(
-                (0..adapter.num_labels)
-                    .map(|i| format!("LABEL_{i}"))
-                    .collect(),
-            )?,
+            None => LabelMap::placeholders(adapter.num_labels)?,
         };
         if labels.len() != adapter.num_labels {
             bail!(
@@ -195,9 +238,19 @@ impl LoadedRun {
             dir: None,
             config,
             labels,
-            tokenizer: pretrained.tokenizer,
+            tokenizer: pretrained.tokenizer.clone(),
             model,
+            threshold: None,
         })
+    }
+
+    /// The predicted label index for class probabilities: by the run's threshold when it has
+    /// one, else the most probable label.
+    pub fn decide(&self, probs: &[f32]) -> usize {
+        match &self.threshold {
+            Some((positive, t)) => t.decide(*positive, probs),
+            None => crate::commands::classifier::argmax(probs).0,
+        }
     }
 }
 

@@ -7,6 +7,7 @@ use bert_model::tokenizer::{Encoded, pad_batch};
 use bert_model::{BertExtras, DEFAULT_MODEL, Pretrained};
 use clap::Args;
 
+use crate::commands::classifier::probabilities;
 use crate::device::{describe, device};
 
 #[derive(Args, Debug)]
@@ -20,9 +21,19 @@ pub struct BenchArgs {
     /// Timed iterations (after one warm-up).
     #[arg(long, default_value_t = 5)]
     pub iters: usize,
+    /// Instead: classification with a trained run, on the first `--texts` titles of its
+    /// validation split: single-text latency (p50/p99) and batched throughput, as `predict`
+    /// and `serve` run them.
+    #[arg(long)]
+    pub run: Option<std::path::PathBuf>,
+    #[arg(long, default_value_t = 300)]
+    pub texts: usize,
 }
 
 pub fn run(args: BenchArgs) -> Result<()> {
+    if let Some(run) = &args.run {
+        return classify(run, args.texts, args.batch_size);
+    }
     let device = device();
     let pretrained = Pretrained::load(&args.model, args.seq_len, &device)?;
     let item = Encoded {
@@ -50,6 +61,49 @@ pub fn run(args: BenchArgs) -> Result<()> {
         "seq_len": args.seq_len,
         "ms_per_batch": secs * 1e3,
         "samples_per_s": args.batch_size as f64 / secs,
+    });
+    println!("{record}");
+    Ok(())
+}
+
+fn percentile(sorted: &[f64], q: f64) -> f64 {
+    let i = ((sorted.len() as f64 - 1.0) * q).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
+}
+
+fn classify(dir: &std::path::Path, n: usize, batch_size: usize) -> Result<()> {
+    let device = device();
+    let run = crate::run::LoadedRun::load(dir, &device)?;
+    let columns = bert_data::CsvColumns {
+        text: run.config.data.text_column.clone(),
+        label: run.config.data.label_column.clone(),
+    };
+    let valid = crate::run::RunDir::new(dir).valid_csv();
+    let table = bert_data::Table::read(&valid, &columns, true)?;
+    let texts: Vec<&str> = table.rows.iter().take(n).map(|r| r.text.as_str()).collect();
+    anyhow::ensure!(!texts.is_empty(), "{}: no texts", valid.display());
+    // Warm-up, then one text at a time.
+    probabilities(&run, &texts[..1], 1, &device)?;
+    let mut ms: Vec<f64> = texts
+        .iter()
+        .map(|t| {
+            let start = Instant::now();
+            probabilities(&run, &[t], 1, &device).map(|_| start.elapsed().as_secs_f64() * 1e3)
+        })
+        .collect::<Result<_>>()?;
+    ms.sort_by(f64::total_cmp);
+    let start = Instant::now();
+    probabilities(&run, &texts, batch_size, &device)?;
+    let secs = start.elapsed().as_secs_f64();
+    let record = serde_json::json!({
+        "bench": "classify",
+        "device": describe(&device),
+        "run": dir,
+        "method": run.config.peft.name(),
+        "texts": texts.len(),
+        "single_text_ms": {"p50": percentile(&ms, 0.5), "p99": percentile(&ms, 0.99), "mean": ms.iter().sum::<f64>() / ms.len() as f64},
+        "batch_size": batch_size,
+        "batched_texts_per_s": texts.len() as f64 / secs,
     });
     println!("{record}");
     Ok(())

