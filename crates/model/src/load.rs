@@ -129,9 +129,11 @@ impl<'a> Reader<'a> {
 
     /// PyTorch stores `[out, in]`; Burn's `Linear` wants `[in, out]`.
     fn linear(&mut self, key: &str, d_in: usize, d_out: usize) -> Option<Linear> {
+        let device = self.device;
         let weight = self
-            .tensor::<2>(&format!("{key}.weight"), [d_out, d_in])?
-            .transpose();
+            .raw(&format!("{key}.weight"), &[d_out, d_in])?
+            .transposed()
+            .to_tensor::<2>(device);
         let bias = self.tensor::<1>(&format!("{key}.bias"), [d_out])?;
         Some(Linear {
             weight: Param::from_tensor(weight),
@@ -302,7 +304,7 @@ fn read_classifier(
     used.insert("classifier.weight".into());
     used.insert("classifier.bias".into());
     Some(Linear {
-        weight: Param::from_tensor(w.to_tensor::<2>(device).transpose()),
+        weight: Param::from_tensor(w.transposed().to_tensor::<2>(device)),
         bias: Some(Param::from_tensor(b.to_tensor(device))),
     })
 }

@@ -26,6 +26,22 @@ impl RawTensor {
         Self { shape, data }
     }
 
+    /// A 2-d tensor transposed in memory (torch `[out, in]` <-> Burn `[in, out]`). Done on the
+    /// host at load time rather than as a tensor view: a strided weight would be copied back
+    /// into row-major order by every forward pass (most of the time of a one-text forward).
+    pub fn transposed(&self) -> RawTensor {
+        let [r, c] = self.shape[..] else {
+            panic!("transposed: expected 2 dims, got {:?}", self.shape)
+        };
+        let mut data = vec![0.0; self.data.len()];
+        for (i, row) in self.data.chunks_exact(c).enumerate() {
+            for (j, &x) in row.iter().enumerate() {
+                data[j * r + i] = x;
+            }
+        }
+        RawTensor::new(vec![c, r], data)
+    }
+
     pub fn to_tensor<const D: usize>(&self, device: &Device) -> Tensor<D> {
         Tensor::from_data(
             TensorData::new(self.data.clone(), self.shape.clone()),
@@ -222,5 +238,14 @@ mod tests {
         assert_eq!(floats_from_bytes(FloatKind::F16, &h).unwrap(), vec![0.5]);
         let b = half::bf16::from_f32(-2.0).to_le_bytes();
         assert_eq!(floats_from_bytes(FloatKind::BF16, &b).unwrap(), vec![-2.0]);
+    }
+
+    #[test]
+    fn transposed_in_memory() {
+        let t = RawTensor::new(vec![2, 3], vec![1.0, 2.0, 3.0, 4.0, 5.0, 6.0]);
+        let tt = t.transposed();
+        assert_eq!(tt.shape, vec![3, 2]);
+        assert_eq!(tt.data, vec![1.0, 4.0, 2.0, 5.0, 3.0, 6.0]);
+        assert_eq!(tt.transposed().data, t.data);
     }
 }

@@ -7,6 +7,7 @@ mod commands;
 mod config;
 mod device;
 mod metrics;
+mod progress;
 mod renderer;
 mod run;
 mod schedule;

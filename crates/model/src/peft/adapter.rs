@@ -81,14 +81,7 @@ fn adapter_error(path: &Path, message: impl Into<String>) -> ModelError {
 
 /// Torch `[out, in]` <-> Burn `[in, out]`.
 fn transpose(t: &RawTensor) -> RawTensor {
-    let (r, c) = (t.shape[0], t.shape[1]);
-    let mut data = vec![0.0; t.data.len()];
-    for i in 0..r {
-        for j in 0..c {
-            data[j * r + i] = t.data[i * c + j];
-        }
-    }
-    RawTensor::new(vec![c, r], data)
+    t.transposed()
 }
 
 /// The head's key prefix in peft's state dict: LoRA wraps the task model once more.

@@ -56,11 +56,23 @@ pub fn probabilities(
     batch_size: usize,
     device: &Device,
 ) -> Result<Vec<Vec<f32>>> {
+    probabilities_with(run, texts, batch_size, device, &mut |_| {})
+}
+
+/// [`probabilities`], calling `on_batch(texts_done)` after each batch (for progress display).
+pub fn probabilities_with(
+    run: &LoadedRun,
+    texts: &[&str],
+    batch_size: usize,
+    device: &Device,
+    on_batch: &mut dyn FnMut(usize),
+) -> Result<Vec<Vec<f32>>> {
     let encoded: Vec<Encoded> = run.tokenizer.encode_batch(texts)?;
     let mut order: Vec<usize> = (0..texts.len()).collect();
     order.sort_by_key(|&i| encoded[i].len());
     let mut out = vec![Vec::new(); texts.len()];
     let pad_id = run.tokenizer.pad_id();
+    let mut done = 0;
     for chunk in order.chunks(batch_size.max(1)) {
         let items: Vec<Encoded> = chunk.iter().map(|&i| encoded[i].clone()).collect();
         let logits = run.model.forward(pad_batch(&items, pad_id, device));
@@ -74,6 +86,8 @@ pub fn probabilities(
         for (row, &i) in chunk.iter().enumerate() {
             out[i] = probs[row * k..(row + 1) * k].to_vec();
         }
+        done += chunk.len();
+        on_batch(done);
     }
     Ok(out)
 }

@@ -6,16 +6,16 @@
 //! per label; a row with an empty text is kept with those left empty and counted. The output
 //! is written to a temp file and renamed into place when complete.
 
-use std::io::{BufRead, IsTerminal, Write};
+use std::io::{BufRead, Write};
 use std::path::{Path, PathBuf};
-use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
 use burn::prelude::*;
 use clap::Args;
 use serde_json::json;
 
-use crate::commands::classifier::{ModelArgs, probabilities};
+use crate::commands::classifier::{ModelArgs, probabilities, probabilities_with};
+use crate::progress::Progress;
 use crate::run::LoadedRun;
 
 /// Rows read, scored and written at a time.
@@ -195,8 +195,8 @@ pub fn score_csv(
     let mut writer = csv::Writer::from_writer(std::io::BufWriter::new(tmp.as_file()));
     writer.write_record(headers.iter().chain(&added))?;
 
-    let progress = std::io::stderr().is_terminal();
-    let start = Instant::now();
+    let total_bytes = std::fs::metadata(input).map_or(0, |m| m.len());
+    let mut progress = Progress::new(total_bytes);
     let mut report = CsvReport {
         scored: 0,
         empty: 0,
@@ -221,7 +221,17 @@ pub fn score_csv(
             .copied()
             .filter(|t| !t.trim().is_empty())
             .collect();
-        let mut probs = probabilities(run, &scored, batch_size, device)?.into_iter();
+        // Progress within the chunk: its rows and bytes, in proportion to the texts scored.
+        let bytes_before = chunk[0].position().map_or(0, |p| p.byte());
+        let bytes_after = records.reader().position().byte();
+        let mut on_batch = |done: usize| {
+            let share = done as f64 / scored.len().max(1) as f64;
+            let rows_done = rows + (share * chunk.len() as f64) as usize;
+            let bytes = bytes_before + (share * (bytes_after - bytes_before) as f64) as u64;
+            progress.update(rows_done, bytes);
+        };
+        let mut probs =
+            probabilities_with(run, &scored, batch_size, device, &mut on_batch)?.into_iter();
         for (record, text) in chunk.iter().zip(&texts) {
             let mut out: Vec<String> = (0..record.len())
                 .map(|i| field(record, i, input, &headers).map(str::to_string))
@@ -241,14 +251,9 @@ pub fn score_csv(
             writer.write_record(&out)?;
         }
         rows += chunk.len();
-        if progress {
-            let rate = rows as f64 / start.elapsed().as_secs_f64().max(1e-9);
-            eprint!("\r{rows} rows, {rate:.0} rows/s");
-        }
+        progress.update(rows, bytes_after);
     }
-    if progress {
-        eprintln!();
-    }
+    progress.finish(rows);
     writer.flush()?;
     drop(writer);
     tmp.as_file().sync_all()?;
