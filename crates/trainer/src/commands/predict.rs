@@ -278,3 +278,27 @@ fn added_columns(headers: &[String], labels: &[String]) -> Vec<String> {
         })
         .collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::added_columns;
+
+    #[test]
+    fn added_columns_never_duplicate_an_input_column() {
+        let s = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();
+        let labels = s(&["clickbait", "not_clickbait"]);
+        assert_eq!(
+            added_columns(&s(&["title"]), &labels),
+            s(&["label", "score", "p_clickbait", "p_not_clickbait"])
+        );
+        assert_eq!(
+            added_columns(&s(&["title", "label", "p_clickbait"]), &labels),
+            s(&[
+                "predicted_label",
+                "score",
+                "predicted_p_clickbait",
+                "p_not_clickbait"
+            ])
+        );
+    }
+}
