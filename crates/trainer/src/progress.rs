@@ -7,6 +7,8 @@
 use std::io::{IsTerminal, Write};
 use std::time::{Duration, Instant};
 
+use crate::run::thousands;
+
 const WIDTH: usize = 24;
 /// Redraws at most this often, so a fast job does not spend its time on the terminal.
 const EVERY: Duration = Duration::from_millis(100);
@@ -80,18 +82,6 @@ pub fn render(rows: usize, bytes: u64, total_bytes: u64, elapsed: Duration) -> S
     )
 }
 
-fn thousands(n: usize) -> String {
-    let digits = n.to_string();
-    let mut out = String::new();
-    for (i, c) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i).is_multiple_of(3) {
-            out.push(',');
-        }
-        out.push(c);
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -110,7 +100,5 @@ mod tests {
         );
         // An empty file is done at once; no division by zero.
         assert!(render(0, 0, 0, Duration::ZERO).starts_with("[########################] 100%"));
-        assert_eq!(thousands(999), "999");
-        assert_eq!(thousands(1_000_000), "1,000,000");
     }
 }

@@ -156,7 +156,8 @@ impl LoadedRun {
         }
         let model = build_model(pretrained, &config, labels.len(), device)?;
         let trained = Checkpoint::read(&adapter)?;
-        let model = params::apply(model, &trained.tensors)
+        let tensors = upgrade_keys(&config.peft, trained.tensors);
+        let model = params::apply(model, &tensors)
             .map_err(|e| anyhow::anyhow!("{}: does not fit the model: {e}", adapter.display()))?
             // Inference only from here: LoRA folded into the base weights costs nothing extra.
             .merge_lora();
@@ -377,6 +378,25 @@ pub fn metrics_json(values: &BTreeMap<String, f64>) -> serde_json::Value {
     out.into()
 }
 
+/// Runs written before the p-tuning/prompt-tuning work (stop 9) named the prefix encoder
+/// `prompt_encoder`; it is `prefix_encoder` now (`prompt_encoder` is prompt tuning's). Renamed
+/// on load so those runs keep working.
+fn upgrade_keys(
+    peft: &PeftConfig,
+    tensors: BTreeMap<String, bert_model::weights::RawTensor>,
+) -> BTreeMap<String, bert_model::weights::RawTensor> {
+    if !matches!(peft, PeftConfig::PrefixTuning(_)) {
+        return tensors;
+    }
+    tensors
+        .into_iter()
+        .map(|(k, v)| match k.strip_prefix("prompt_encoder.") {
+            Some(rest) => (format!("prefix_encoder.{rest}"), v),
+            None => (k, v),
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -387,5 +407,24 @@ mod tests {
         assert_eq!(thousands(578), "578");
         assert_eq!(thousands(697060), "697,060");
         assert_eq!(thousands(22713216), "22,713,216");
+    }
+
+    #[test]
+    fn prefix_runs_from_before_the_rename_still_load() {
+        let t = || bert_model::weights::RawTensor::new(vec![1], vec![0.0]);
+        let old: BTreeMap<_, _> = [
+            ("prompt_encoder.embedding.weight".to_string(), t()),
+            ("classifier.weight".to_string(), t()),
+        ]
+        .into();
+        let prefix = PeftConfig::PrefixTuning(Default::default());
+        let keys: Vec<String> = upgrade_keys(&prefix, old.clone()).into_keys().collect();
+        assert_eq!(
+            keys,
+            ["classifier.weight", "prefix_encoder.embedding.weight"]
+        );
+        // Prompt tuning's own `prompt_encoder` is left alone.
+        let prompt = PeftConfig::PromptTuning(Default::default());
+        assert_eq!(upgrade_keys(&prompt, old.clone()), old);
     }
 }

@@ -65,6 +65,22 @@ pub fn for_precision(curve: &[CurvePoint], target: f64) -> Option<CurvePoint> {
         .copied()
 }
 
+/// For each recall level, the point that reaches it with the highest threshold (the fewest
+/// items flagged). Levels rather than fixed thresholds, because a model's scores may sit in a
+/// narrow band (a briefly trained one answers 0.45-0.55): recall levels read the same for any
+/// calibration. Repeated points (one point covering several levels) are listed once.
+pub fn at_recalls(curve: &[CurvePoint], levels: &[f64]) -> Vec<CurvePoint> {
+    let mut out: Vec<CurvePoint> = Vec::new();
+    for &level in levels {
+        if let Some(p) = curve.iter().find(|p| p.recall >= level - 1e-9)
+            && out.last() != Some(p)
+        {
+            out.push(*p);
+        }
+    }
+    out
+}
+
 /// The label downranking is about: `clickbait` / `标题党` itself, else the first label naming
 /// it that is not its negation (`not_clickbait`, `非标题党` name it too).
 pub fn default_positive(labels: &[String]) -> Option<usize> {
@@ -152,6 +168,20 @@ mod tests {
         assert_eq!(for_precision(&curve, 0.7).unwrap().threshold, 0.6);
         assert_eq!(for_precision(&curve, 0.5).unwrap().threshold, 0.6);
         assert!(for_precision(&pr_curve(&[0.5], &[false]), 0.9).is_none());
+    }
+
+    #[test]
+    fn points_at_recall_levels() {
+        let scores = [0.9, 0.8, 0.7, 0.6, 0.4, 0.2];
+        let pos = [true, true, false, true, false, false];
+        let curve = pr_curve(&scores, &pos);
+        let got: Vec<f32> = at_recalls(&curve, &[1.0, 0.9, 0.5, 0.3, 0.1])
+            .iter()
+            .map(|p| p.threshold)
+            .collect();
+        // Recall 1 (and 0.9) first at 0.6; 0.5 at 0.8; 0.3 and 0.1 at 0.9.
+        assert_eq!(got, [0.6, 0.8, 0.9]);
+        assert!(at_recalls(&[], &[0.5]).is_empty());
     }
 
     #[test]

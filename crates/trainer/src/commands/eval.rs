@@ -13,7 +13,9 @@ use serde_json::json;
 
 use crate::commands::classifier::ModelArgs;
 use crate::metrics::Confusion;
-use crate::threshold::{CurvePoint, Threshold, default_positive, for_precision, pr_curve};
+use crate::threshold::{
+    CurvePoint, Threshold, at_recalls, default_positive, for_precision, pr_curve,
+};
 
 #[derive(Args, Debug)]
 pub struct EvalArgs {
@@ -98,7 +100,7 @@ pub fn run(args: EvalArgs) -> Result<()> {
     if let (Some(p), Some(curve)) = (positive, &curve) {
         report["precision_recall"] = json!({
             "positive": names[p],
-            "curve": sampled(curve),
+            "curve": at_recalls(curve, &json_recalls()),
             "target_precision": args.target_precision,
             "threshold": chosen,
         });
@@ -133,31 +135,25 @@ pub fn run(args: EvalArgs) -> Result<()> {
     Ok(())
 }
 
-/// The curve at thresholds 0.05, 0.10, ..., 0.95 (the full curve has a point per item).
-fn sampled(curve: &[CurvePoint]) -> Vec<CurvePoint> {
-    (1..20)
-        .filter_map(|i| {
-            let t = i as f32 * 0.05;
-            // The point flagging exactly the items with score >= t: the lowest threshold >= t.
-            curve
-                .iter()
-                .rev()
-                .find(|p| p.threshold >= t)
-                .map(|p| CurvePoint { threshold: t, ..*p })
-        })
-        .collect()
+/// Recall levels the printed table shows (the JSON has every 5%).
+const TABLE_RECALLS: [f64; 11] = [1.0, 0.95, 0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3, 0.2, 0.1];
+
+fn json_recalls() -> Vec<f64> {
+    (1..=20).rev().map(|i| i as f64 * 0.05).collect()
 }
 
 fn print_curve(label: &str, curve: &[CurvePoint], target: f64, chosen: Option<&CurvePoint>) {
     println!();
-    println!("precision/recall of `{label}` when flagging p({label}) >= threshold:");
+    println!(
+        "precision/recall of `{label}` when flagging p({label}) >= threshold, at recall levels:"
+    );
     println!(
         "{:>9} {:>9} {:>9} {:>8}",
         "threshold", "precision", "recall", "flagged"
     );
-    for p in sampled(curve).iter().step_by(2) {
+    for p in at_recalls(curve, &TABLE_RECALLS) {
         println!(
-            "{:>9.2} {:>8.2}% {:>8.2}% {:>8}",
+            "{:>9.4} {:>8.2}% {:>8.2}% {:>8}",
             p.threshold,
             100.0 * p.precision,
             100.0 * p.recall,
