@@ -20,7 +20,15 @@ import os
 import subprocess
 import sys
 
-METHODS = ["prefix-tuning", "prefix-projection", "prompt-tuning", "p-tuning", "lora", "full"]
+METHODS = [
+    "prefix-tuning",
+    "prefix-projection",
+    "prompt-tuning",
+    "p-tuning",
+    "p-tuning-lstm",
+    "lora",
+    "full",
+]
 
 
 def size(path):

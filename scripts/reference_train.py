@@ -178,6 +178,9 @@ def peft_config(p, model_dir):
             task_type=seq,
             num_virtual_tokens=p.get("num_virtual_tokens", 20),
             encoder_hidden_size=p.get("encoder_hidden_size", 128),
+            encoder_reparameterization_type=p.get("encoder_reparameterization_type", "mlp").upper(),
+            encoder_num_layers=p.get("encoder_num_layers", 2),
+            encoder_dropout=p.get("encoder_dropout", 0.0),
         )
     if m == "lora":
         return LoraConfig(

@@ -124,7 +124,16 @@ fn peft_adapters_load_and_round_trip() {
         assert_eq!(written["token_dim"].as_u64().unwrap_or(32), 32);
     }
     seen.dedup();
-    assert_eq!(seen, ["PREFIX_TUNING", "PROMPT_TUNING", "P_TUNING", "LORA"]);
+    assert_eq!(
+        seen,
+        [
+            "PREFIX_TUNING",
+            "PROMPT_TUNING",
+            "P_TUNING",
+            "LORA",
+            "P_TUNING"
+        ]
+    );
 }
 
 /// LoRA folded into the base weights gives the same logits, without the adapter modules.

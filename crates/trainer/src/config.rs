@@ -8,7 +8,8 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 use bert_model::DEFAULT_MODEL;
-use bert_model::peft::PeftConfig;
+use bert_model::peft::prompt::Reparameterization;
+use bert_model::peft::{PeftConfig, PromptEncoderConfig};
 use serde::{Deserialize, Serialize};
 
 /// A whole recipe.
@@ -190,6 +191,9 @@ impl TrainConfig {
         if virtual_tokens == Some(0) {
             bail!("peft.num_virtual_tokens must be at least 1");
         }
+        if let PeftConfig::PTuning(p) = &self.peft {
+            check_p_tuning(p)?;
+        }
         if let PeftConfig::Lora(l) = &self.peft {
             if l.r == 0 {
                 bail!("peft.r must be at least 1");
@@ -212,6 +216,39 @@ impl TrainConfig {
     pub fn to_toml(&self) -> String {
         toml::to_string_pretty(self).expect("config serialises")
     }
+}
+
+/// p-tuning's encoder settings: the LSTM's own keys mean nothing to the MLP, so setting them
+/// there is refused rather than ignored (peft only warns).
+fn check_p_tuning(p: &PromptEncoderConfig) -> Result<()> {
+    if p.encoder_hidden_size == 0 {
+        bail!("peft.encoder_hidden_size must be at least 1");
+    }
+    match p.encoder_reparameterization_type {
+        Reparameterization::Lstm => {
+            if p.encoder_num_layers == 0 {
+                bail!("peft.encoder_num_layers must be at least 1");
+            }
+            if !(0.0..1.0).contains(&p.encoder_dropout) {
+                bail!(
+                    "peft.encoder_dropout must be in [0, 1), got {}",
+                    p.encoder_dropout
+                );
+            }
+        }
+        Reparameterization::Mlp => {
+            let default = PromptEncoderConfig::default();
+            if p.encoder_num_layers != default.encoder_num_layers
+                || p.encoder_dropout != default.encoder_dropout
+            {
+                bail!(
+                    "peft.encoder_num_layers and peft.encoder_dropout apply to \
+                     encoder_reparameterization_type = \"lstm\" only (the MLP has a fixed 3 layers)"
+                );
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Reads a recipe file; `base = "other.toml"` (relative to the file) inherits every key of that
@@ -387,5 +424,40 @@ mod tests {
         assert!(e.contains("train.epochs"), "{e}");
         let e = format!("{:#}", load("", &["train.epochs"]).unwrap_err());
         assert!(e.contains("key=value"), "{e}");
+    }
+
+    #[test]
+    fn p_tuning_encoder_settings_are_checked() {
+        let lstm = "[peft]\nmethod = \"p-tuning\"\nencoder_reparameterization_type = \"lstm\"\n";
+        let c = load(lstm, &["peft.encoder_num_layers=1"]).unwrap();
+        match &c.peft {
+            PeftConfig::PTuning(p) => {
+                assert_eq!(p.encoder_reparameterization_type, Reparameterization::Lstm);
+                assert_eq!((p.encoder_num_layers, p.encoder_dropout), (1, 0.0));
+            }
+            other => panic!("{other:?}"),
+        }
+        let e = format!(
+            "{:#}",
+            load(lstm, &["peft.encoder_num_layers=0"]).unwrap_err()
+        );
+        assert!(e.contains("peft.encoder_num_layers"), "{e}");
+        let e = format!(
+            "{:#}",
+            load(lstm, &["peft.encoder_dropout=1.5"]).unwrap_err()
+        );
+        assert!(e.contains("peft.encoder_dropout"), "{e}");
+        // The MLP has no layers setting: refused, not ignored.
+        let mlp = "[peft]\nmethod = \"p-tuning\"\n";
+        let e = format!(
+            "{:#}",
+            load(mlp, &["peft.encoder_num_layers=3"]).unwrap_err()
+        );
+        assert!(e.contains("lstm"), "{e}");
+        let e = format!(
+            "{:#}",
+            load(mlp, &["peft.encoder_reparameterization_type=gru"]).unwrap_err()
+        );
+        assert!(e.contains("gru"), "{e}");
     }
 }

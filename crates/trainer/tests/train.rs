@@ -283,7 +283,7 @@ fn every_method_trains_and_its_peft_adapter_evaluates_like_the_run() {
     let dir = tmp.path();
     write_data(dir);
     let base = fixtures().join("tiny-bert");
-    let methods: [(&str, &[&str]); 5] = [
+    let methods: [(&str, &[&str]); 6] = [
         (
             "prompt",
             &["peft.method=prompt-tuning", "peft.num_virtual_tokens=4"],
@@ -303,6 +303,17 @@ fn every_method_trains_and_its_peft_adapter_evaluates_like_the_run() {
                 "peft.method=p-tuning",
                 "peft.num_virtual_tokens=4",
                 "peft.encoder_hidden_size=8",
+            ],
+        ),
+        (
+            "p-tuning-lstm",
+            &[
+                "peft.method=p-tuning",
+                "peft.num_virtual_tokens=4",
+                "peft.encoder_hidden_size=8",
+                "peft.encoder_reparameterization_type=lstm",
+                "peft.encoder_num_layers=2",
+                "peft.encoder_dropout=0.1",
             ],
         ),
         (
@@ -340,10 +351,16 @@ fn every_method_trains_and_its_peft_adapter_evaluates_like_the_run() {
             cfg["peft_type"],
             match name {
                 "prompt" | "prompt-text" => "PROMPT_TUNING",
-                "p-tuning" => "P_TUNING",
+                "p-tuning" | "p-tuning-lstm" => "P_TUNING",
                 _ => "LORA",
             }
         );
+        if name == "p-tuning-lstm" {
+            // What Python needs to rebuild the encoder for further training.
+            assert_eq!(cfg["encoder_reparameterization_type"], "LSTM");
+            assert_eq!(cfg["encoder_num_layers"], 2);
+            assert_eq!(cfg["encoder_dropout"], 0.1);
+        }
         let by_adapter = json_out(&trainer(
             dir,
             &[

@@ -389,9 +389,12 @@ pub fn write(
             tensors.insert(PROMPT.to_string(), host(encoder.prompt_embeddings()));
             virtual_tokens(&mut set, c.num_virtual_tokens);
             set("encoder_hidden_size", c.encoder_hidden_size.into());
-            set("encoder_num_layers", 2.into());
-            set("encoder_reparameterization_type", "MLP".into());
-            set("encoder_dropout", 0.0.into());
+            set("encoder_num_layers", c.encoder_num_layers.into());
+            set(
+                "encoder_reparameterization_type",
+                c.encoder_reparameterization_type.peft_name().into(),
+            );
+            set("encoder_dropout", c.encoder_dropout.into());
         }
         (PeftConfig::Lora(c), _, _) => {
             for (path, t) in params::collect(model, |p| p.contains(".lora.")) {

@@ -3,6 +3,7 @@
 
 pub mod adapter;
 pub mod lora;
+pub mod lstm;
 pub mod prefix;
 pub mod prompt;
 
@@ -22,7 +23,7 @@ pub enum PeftConfig {
     PrefixTuning(PrefixTuningConfig),
     /// peft's prompt tuning: trainable embeddings prepended to the input; BERT frozen.
     PromptTuning(PromptTuningConfig),
-    /// peft's p-tuning: prepended embeddings produced by an MLP; BERT frozen.
+    /// peft's p-tuning: prepended embeddings produced by an MLP or an LSTM; BERT frozen.
     PTuning(PromptEncoderConfig),
     /// peft's LoRA: low-rank updates of the targeted linears; BERT frozen.
     Lora(LoraConfig),

@@ -4,15 +4,17 @@
 //! Both learn `num_virtual_tokens` vectors of the embedding width that the model reads before
 //! the real tokens (mask extended by ones, token type 0, and the pooler then reads the first
 //! virtual token, as in peft). Prompt tuning trains the vectors directly (peft's
-//! `PromptEmbedding`); p-tuning reparameterises them through an MLP (peft's `PromptEncoder`
-//! with `encoder_reparameterization_type = "MLP"`: Linear-ReLU-Linear-ReLU-Linear). peft saves
-//! both as the final vectors (`prompt_embeddings`), which load here as a plain prompt.
+//! `PromptEmbedding`); p-tuning reparameterises them through peft's `PromptEncoder`: an MLP
+//! (`encoder_reparameterization_type = "MLP"`: Linear-ReLU-Linear-ReLU-Linear) or a
+//! bidirectional LSTM followed by Linear-ReLU-Linear (`"LSTM"`). peft saves both as the final
+//! vectors (`prompt_embeddings`), which load here as a plain prompt.
 
 use burn::nn::{Embedding, EmbeddingConfig, Linear, LinearConfig};
 use burn::prelude::*;
 use burn::tensor::activation::relu;
 use serde::{Deserialize, Serialize};
 
+use super::lstm::BiLstm;
 use crate::config::BertConfig;
 
 /// How prompt tuning's vectors start (peft's `PromptTuningInit`).
@@ -46,13 +48,26 @@ impl Default for PromptTuningConfig {
     }
 }
 
-/// The reparameterisation of p-tuning. Only peft's MLP is implemented; its LSTM variant is
-/// refused by name rather than approximated.
+/// The reparameterisation of p-tuning (peft's `PromptEncoderReparameterizationType`).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Reparameterization {
+    /// Linear-ReLU-Linear-ReLU-Linear, widths `hidden -> encoder_hidden_size -> hidden`.
     #[default]
     Mlp,
+    /// A bidirectional LSTM of `encoder_num_layers` layers (`encoder_hidden_size` per
+    /// direction, `encoder_dropout` between layers), then Linear-ReLU-Linear.
+    Lstm,
+}
+
+impl Reparameterization {
+    /// peft's spelling in `adapter_config.json`.
+    pub fn peft_name(self) -> &'static str {
+        match self {
+            Self::Mlp => "MLP",
+            Self::Lstm => "LSTM",
+        }
+    }
 }
 
 /// peft's `PromptEncoderConfig` (p-tuning), with the reference recipe's values as defaults.
@@ -60,9 +75,13 @@ pub enum Reparameterization {
 #[serde(default, deny_unknown_fields)]
 pub struct PromptEncoderConfig {
     pub num_virtual_tokens: usize,
-    /// Hidden width of the MLP.
+    /// Hidden width of the MLP, or of each LSTM direction.
     pub encoder_hidden_size: usize,
     pub encoder_reparameterization_type: Reparameterization,
+    /// LSTM layers (peft's default 2). The MLP always has 3 linears, as in peft.
+    pub encoder_num_layers: usize,
+    /// Dropout between LSTM layers (peft's default 0).
+    pub encoder_dropout: f64,
 }
 
 impl Default for PromptEncoderConfig {
@@ -71,30 +90,36 @@ impl Default for PromptEncoderConfig {
             num_virtual_tokens: 20,
             encoder_hidden_size: 128,
             encoder_reparameterization_type: Reparameterization::Mlp,
+            encoder_num_layers: 2,
+            encoder_dropout: 0.0,
         }
     }
 }
 
-/// p-tuning's MLP, peft's `mlp_head` (`Sequential` indices 0, 2, 4).
+/// p-tuning's MLP, peft's `mlp_head`: `Sequential` indices 0, 2, 4 for the MLP encoder; 0, 2
+/// (no middle layer) after the LSTM.
 #[derive(Module, Debug)]
 pub struct PromptMlp {
     pub dense_in: Linear,
-    pub dense_mid: Linear,
+    pub dense_mid: Option<Linear>,
     pub dense_out: Linear,
 }
 
 impl PromptMlp {
     fn forward(&self, x: Tensor<2>) -> Tensor<2> {
-        let x = relu(self.dense_in.forward(x));
-        let x = relu(self.dense_mid.forward(x));
+        let mut x = relu(self.dense_in.forward(x));
+        if let Some(mid) = &self.dense_mid {
+            x = relu(mid.forward(x));
+        }
         self.dense_out.forward(x)
     }
 }
 
-/// The soft prompt: trainable embeddings, optionally through p-tuning's MLP.
+/// The soft prompt: trainable embeddings, optionally through p-tuning's LSTM and/or MLP.
 #[derive(Module, Debug)]
 pub struct PromptEncoder {
     pub embedding: Embedding,
+    pub lstm_head: Option<BiLstm>,
     pub mlp_head: Option<PromptMlp>,
 }
 
@@ -104,19 +129,43 @@ impl PromptEncoder {
         Self {
             embedding: EmbeddingConfig::new(config.num_virtual_tokens, bert.hidden_size)
                 .init(device),
+            lstm_head: None,
             mlp_head: None,
         }
     }
 
+    /// p-tuning, initialised as peft initialises it (torch's defaults for every layer).
     pub fn p_tuning(config: &PromptEncoderConfig, bert: &BertConfig, device: &Device) -> Self {
         let (h, e) = (bert.hidden_size, config.encoder_hidden_size);
+        let linear = |i, o| LinearConfig::new(i, o).init(device);
+        let (lstm_head, mlp_head) = match config.encoder_reparameterization_type {
+            Reparameterization::Mlp => (
+                None,
+                PromptMlp {
+                    dense_in: linear(h, e),
+                    dense_mid: Some(linear(e, e)),
+                    dense_out: linear(e, h),
+                },
+            ),
+            Reparameterization::Lstm => (
+                Some(BiLstm::new(
+                    h,
+                    e,
+                    config.encoder_num_layers,
+                    config.encoder_dropout,
+                    device,
+                )),
+                PromptMlp {
+                    dense_in: linear(2 * e, 2 * e),
+                    dense_mid: None,
+                    dense_out: linear(2 * e, h),
+                },
+            ),
+        };
         Self {
             embedding: EmbeddingConfig::new(config.num_virtual_tokens, h).init(device),
-            mlp_head: Some(PromptMlp {
-                dense_in: LinearConfig::new(h, e).init(device),
-                dense_mid: LinearConfig::new(e, e).init(device),
-                dense_out: LinearConfig::new(e, h).init(device),
-            }),
+            lstm_head,
+            mlp_head: Some(mlp_head),
         }
     }
 
@@ -137,13 +186,17 @@ impl PromptEncoder {
         self.embedding.weight.dims()[0]
     }
 
-    /// The prompt `[num_virtual_tokens, hidden]`, after the MLP if any: what peft saves as
-    /// `prompt_embeddings`.
+    /// The prompt `[num_virtual_tokens, hidden]`, after the encoder if any: what peft saves
+    /// as `prompt_embeddings`. (peft runs the encoder on every row of the batch; the rows are
+    /// identical, so running it once and expanding gives the same values and gradients.)
     pub fn prompt_embeddings(&self) -> Tensor<2> {
-        let weights = self.embedding.weight.val();
+        let mut x = self.embedding.weight.val();
+        if let Some(lstm) = &self.lstm_head {
+            x = lstm.forward(x);
+        }
         match &self.mlp_head {
-            Some(mlp) => mlp.forward(weights),
-            None => weights,
+            Some(mlp) => mlp.forward(x),
+            None => x,
         }
     }
 
