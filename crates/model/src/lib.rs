@@ -7,12 +7,14 @@
 //! - [`tokenizer`]: HF-exact tokenisation and dynamic padding.
 //! - [`pretrained`]: all of the above in one call.
 //! - [`classifier`] / [`train`]: BERT + PEFT module + head, as a burn-train Learner model.
+//! - [`export`]: a merged classifier as a plain HF `BertForSequenceClassification` directory.
 //! - [`params`]: saving and restoring the trainable subset of parameters by path.
 
 pub mod bert;
 pub mod classifier;
 pub mod config;
 pub mod error;
+pub mod export;
 pub mod fsutil;
 pub mod load;
 pub mod params;

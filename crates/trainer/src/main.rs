@@ -38,6 +38,8 @@ enum Command {
     Predict(commands::predict::PredictArgs),
     /// Serve classification over HTTP (JSON), several adapters on one base model.
     Serve(commands::serve::ServeArgs),
+    /// Write a LoRA or fully fine-tuned classifier as a plain HF model directory (no peft).
+    Export(commands::export::ExportArgs),
     /// Print sentence embeddings, one JSON object per line.
     Embed(commands::embed::EmbedArgs),
     /// Measure forward-pass throughput of a model on this machine's backend.
@@ -51,6 +53,7 @@ fn main() -> ExitCode {
         Some(Command::Eval(args)) => commands::eval::run(args),
         Some(Command::Predict(args)) => commands::predict::run(args),
         Some(Command::Serve(args)) => commands::serve::run(args),
+        Some(Command::Export(args)) => commands::export::run(args),
         Some(Command::Embed(args)) => commands::embed::run(args),
         Some(Command::Bench(args)) => commands::bench::run(args),
         // No command: the default recipe, so `cargo run --release -p trainer` trains.

@@ -245,6 +245,59 @@ impl LoadedRun {
         })
     }
 
+    /// A fine-tuned HF `BertForSequenceClassification` (its own head, no adapter), e.g. one
+    /// written by `trainer export` or by transformers. Labels come from `labels_path`, else
+    /// the model's `id2label`, else `LABEL_0`, ...
+    pub fn from_classifier(
+        source: &str,
+        labels_path: Option<&Path>,
+        max_length: usize,
+        device: &Device,
+    ) -> Result<Self> {
+        let pretrained = Pretrained::load(source, max_length, device)?;
+        let Some(head) = pretrained.loaded.classifier.clone() else {
+            bail!(
+                "{}: no classification head (`classifier.weight`): this is a base model; \
+                 pass --adapter DIR, or train a run",
+                pretrained.dir.weights.display()
+            );
+        };
+        let num_labels = head.weight.dims()[1];
+        let labels = match (labels_path, pretrained.config.labels()) {
+            (Some(path), _) => LabelMap::read(path)?,
+            (None, Some(names)) if names.len() == num_labels => LabelMap::new(names)?,
+            _ => LabelMap::placeholders(num_labels)?,
+        };
+        if labels.len() != num_labels {
+            bail!(
+                "{}: the model's head has {num_labels} labels, the label file has {}",
+                labels_path.map_or_else(String::new, |p| p.display().to_string()),
+                labels.len()
+            );
+        }
+        let peft = PeftConfig::Full(Default::default());
+        let model = BertClassifier::new(
+            pretrained.loaded.model.clone(),
+            Some(head),
+            &pretrained.config,
+            &peft,
+            num_labels,
+            device,
+        )?;
+        let mut config = TrainConfig::default();
+        config.model.source = source.to_string();
+        config.model.max_length = pretrained.tokenizer.max_length().unwrap_or(512);
+        config.peft = peft;
+        Ok(Self {
+            dir: None,
+            config,
+            labels,
+            tokenizer: pretrained.tokenizer.clone(),
+            model,
+            threshold: None,
+        })
+    }
+
     /// The predicted label index for class probabilities: by the run's threshold when it has
     /// one, else the most probable label.
     pub fn decide(&self, probs: &[f32]) -> usize {

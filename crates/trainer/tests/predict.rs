@@ -252,3 +252,39 @@ fn predict_errors_name_the_problem() {
     assert!(e.contains("bad.csv:3: invalid UTF-8"), "{e}");
     assert!(!dir.join("o.csv").exists());
 }
+
+/// `--model DIR` alone: a fine-tuned HF classifier (its own head, its `id2label` names); a base
+/// model without a head is refused by name.
+#[test]
+fn predict_with_a_fine_tuned_hf_classifier() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let model = fixtures().join("tiny-bert");
+    let out = ok(&trainer(
+        dir,
+        &[
+            "predict",
+            "--model",
+            model.to_str().unwrap(),
+            "--json",
+            "震惊！这个标题党竟然如此离谱",
+        ],
+        None,
+    ));
+    let line = &lines(&out)[0];
+    assert!(
+        ["标题党", "非标题党"].contains(&line["label"].as_str().unwrap()),
+        "{line}"
+    );
+    assert_eq!(line["probabilities"].as_array().unwrap().len(), 2);
+
+    let bare = fixtures().join("tiny-bert-bare");
+    let out = trainer(
+        dir,
+        &["predict", "--model", bare.to_str().unwrap(), "x"],
+        None,
+    );
+    assert!(!out.status.success());
+    let e = String::from_utf8_lossy(&out.stderr);
+    assert!(e.contains("no classification head"), "{e}");
+}

