@@ -231,18 +231,14 @@ impl LoadedRun {
         let model = params::apply(model, &adapter.tensors)
             .map_err(|e| anyhow::anyhow!("{}: does not fit the model: {e}", adapter_dir.display()))?
             .merge_lora();
-        let mut config = TrainConfig::default();
-        config.model.source = source.to_string();
-        config.model.max_length = max_length;
-        config.peft = adapter.peft;
-        Ok(Self {
-            dir: None,
-            config,
+        Ok(Self::without_run(
+            pretrained,
+            source,
+            max_length,
+            adapter.peft,
             labels,
-            tokenizer: pretrained.tokenizer.clone(),
             model,
-            threshold: None,
-        })
+        ))
     }
 
     /// A fine-tuned HF `BertForSequenceClassification` (its own head, no adapter), e.g. one
@@ -284,18 +280,39 @@ impl LoadedRun {
             num_labels,
             device,
         )?;
+        let max_length = pretrained.tokenizer.max_length().unwrap_or(512);
+        Ok(Self::without_run(
+            &pretrained,
+            source,
+            max_length,
+            peft,
+            labels,
+            model,
+        ))
+    }
+
+    /// A classifier that no run directory describes: its recipe is the defaults plus what is
+    /// known (model source, max length, method).
+    fn without_run(
+        pretrained: &Pretrained,
+        source: &str,
+        max_length: usize,
+        peft: PeftConfig,
+        labels: LabelMap,
+        model: BertClassifier,
+    ) -> Self {
         let mut config = TrainConfig::default();
         config.model.source = source.to_string();
-        config.model.max_length = pretrained.tokenizer.max_length().unwrap_or(512);
+        config.model.max_length = max_length;
         config.peft = peft;
-        Ok(Self {
+        Self {
             dir: None,
             config,
             labels,
             tokenizer: pretrained.tokenizer.clone(),
             model,
             threshold: None,
-        })
+        }
     }
 
     /// The predicted label index for class probabilities: by the run's threshold when it has

@@ -379,16 +379,18 @@ fn every_method_trains_and_its_peft_adapter_evaluates_like_the_run() {
                 "--json",
             ],
         ));
-        let (a, b) = (
-            by_run["loss"].as_f64().unwrap(),
-            by_adapter["loss"].as_f64().unwrap(),
-        );
-        assert!(
-            (a - b).abs() < 1e-5,
-            "{name}: run loss {a} vs adapter loss {b}"
-        );
-        assert_eq!(by_run["confusion"], by_adapter["confusion"], "{name}");
+        assert_same_eval(&format!("{name} adapter"), &by_run, &by_adapter);
     }
+}
+
+/// Two `eval --json` reports of the same classifier loaded two ways agree.
+fn assert_same_eval(what: &str, expected: &Value, got: &Value) {
+    let (a, b) = (
+        expected["loss"].as_f64().unwrap(),
+        got["loss"].as_f64().unwrap(),
+    );
+    assert!((a - b).abs() < 1e-5, "{what}: loss {b}, the run's {a}");
+    assert_eq!(expected["confusion"], got["confusion"], "{what}");
 }
 
 /// `trainer export`: LoRA (merged) and full runs become a plain HF classifier directory that
@@ -431,15 +433,7 @@ fn check_export(dir: &Path, name: &str, run: &str, by_run: &Value) {
             "--json",
         ],
     ));
-    let (a, b) = (
-        by_run["loss"].as_f64().unwrap(),
-        by_export["loss"].as_f64().unwrap(),
-    );
-    assert!(
-        (a - b).abs() < 1e-5,
-        "{name}: run loss {a} vs exported loss {b}"
-    );
-    assert_eq!(by_run["confusion"], by_export["confusion"], "{name}");
+    assert_same_eval(&format!("{name} export"), by_run, &by_export);
     let e = err(&trainer(dir, &["export", "--run", run, "--output", output]));
     assert!(e.contains("already exists"), "{e}");
 }
