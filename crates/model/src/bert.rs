@@ -8,14 +8,12 @@
 //! Self-attention can take per-layer key/value prefixes: prefix tuning feeds those, and the
 //! attention mask is extended by ones for them, as peft does with `past_key_values`.
 
-use burn::nn::{
-    Dropout, DropoutConfig, Embedding, EmbeddingConfig, LayerNorm, LayerNormConfig, Linear,
-    LinearConfig,
-};
+use burn::nn::{Embedding, EmbeddingConfig, LayerNorm, LayerNormConfig, Linear, LinearConfig};
 use burn::prelude::*;
 use burn::tensor::activation;
 
 use crate::config::BertConfig;
+use crate::dropout::{Dropout, DropoutConfig};
 use crate::peft::lora::LoraLinear;
 
 /// Key/value tensors prepended to one layer's attention, each `[batch, heads, prefix_len, head_dim]`.

@@ -2,11 +2,12 @@
 //! pooled output, as peft's `PeftModelForSequenceClassification` wires them.
 
 use burn::nn::loss::CrossEntropyLossConfig;
-use burn::nn::{Dropout, DropoutConfig, Initializer, Linear, LinearConfig};
+use burn::nn::{Initializer, Linear, LinearConfig};
 use burn::prelude::*;
 
 use crate::bert::{BertExtras, BertInput, BertModel, BertPooler};
 use crate::config::BertConfig;
+use crate::dropout::{Dropout, DropoutConfig};
 use crate::error::{ModelError, Result};
 use crate::peft::{PeftConfig, PrefixEncoder, PromptEncoder};
 

@@ -13,6 +13,7 @@
 pub mod bert;
 pub mod classifier;
 pub mod config;
+pub mod dropout;
 pub mod error;
 pub mod export;
 pub mod fsutil;

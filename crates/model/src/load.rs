@@ -9,11 +9,12 @@
 use std::collections::BTreeSet;
 
 use burn::module::Param;
-use burn::nn::{DropoutConfig, Embedding, LayerNorm, LayerNormConfig, Linear};
+use burn::nn::{Embedding, LayerNorm, LayerNormConfig, Linear};
 use burn::prelude::*;
 
 use crate::bert::*;
 use crate::config::BertConfig;
+use crate::dropout::DropoutConfig;
 use crate::error::{ModelError, Result};
 use crate::weights::{Checkpoint, RawTensor};
 

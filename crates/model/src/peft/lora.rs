@@ -7,9 +7,11 @@
 //! `W`, after which the layer is a plain linear again with the same outputs.
 
 use burn::module::Param;
-use burn::nn::{Dropout, DropoutConfig, Initializer, Linear, LinearConfig};
+use burn::nn::{Initializer, Linear, LinearConfig};
 use burn::prelude::*;
 use serde::{Deserialize, Serialize};
+
+use crate::dropout::{Dropout, DropoutConfig};
 
 /// peft's `LoraConfig`, with the reference recipe's values as defaults.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -15,9 +15,11 @@
 //! input projection of every step is one matmul and only the recurrence is a loop.
 
 use burn::module::Param;
-use burn::nn::{Dropout, DropoutConfig, Initializer};
+use burn::nn::Initializer;
 use burn::prelude::*;
 use burn::tensor::activation::sigmoid;
+
+use crate::dropout::{Dropout, DropoutConfig};
 
 /// One direction of one layer (torch's `*_l{k}` or `*_l{k}_reverse` tensors).
 #[derive(Module, Debug)]
