@@ -26,14 +26,6 @@ const TOKENIZER_FILES: &[&str] = &[
     "special_tokens_map.json",
 ];
 
-/// This project's module path -> the HF checkpoint key. Module names mirror HF's except where
-/// Rust or Burn forbid it (`self`, LayerNorm's `gamma`/`beta`).
-pub fn hf_key(path: &str) -> String {
-    path.replace(".attention.self_attn.", ".attention.self.")
-        .replace("layer_norm.gamma", "LayerNorm.weight")
-        .replace("layer_norm.beta", "LayerNorm.bias")
-}
-
 /// Burn stores linear weights `[in, out]`, PyTorch `[out, in]`; embeddings and LayerNorm
 /// vectors are the same on both sides.
 fn is_linear_weight(path: &str, shape: &[usize]) -> bool {
@@ -74,7 +66,7 @@ pub fn write_hf_classifier(
             } else {
                 t
             };
-            (hf_key(&path), t)
+            (params::hf_key(&path), t)
         })
         .collect();
     let mut meta = std::collections::HashMap::new();
@@ -124,15 +116,15 @@ mod tests {
     #[test]
     fn keys_and_layouts_follow_transformers() {
         assert_eq!(
-            hf_key("bert.encoder.layer.1.attention.self_attn.query.weight"),
+            params::hf_key("bert.encoder.layer.1.attention.self_attn.query.weight"),
             "bert.encoder.layer.1.attention.self.query.weight"
         );
         assert_eq!(
-            hf_key("bert.embeddings.layer_norm.gamma"),
+            params::hf_key("bert.embeddings.layer_norm.gamma"),
             "bert.embeddings.LayerNorm.weight"
         );
         assert_eq!(
-            hf_key("bert.encoder.layer.0.output.layer_norm.beta"),
+            params::hf_key("bert.encoder.layer.0.output.layer_norm.beta"),
             "bert.encoder.layer.0.output.LayerNorm.bias"
         );
         assert!(is_linear_weight("classifier.weight", &[32, 2]));

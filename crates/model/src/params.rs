@@ -53,6 +53,13 @@ impl<F: Fn(&str) -> bool> ModuleVisitor for Collector<'_, F> {
     }
 }
 
+/// A module path of this project -> the HuggingFace checkpoint key of the same tensor. Module
+/// names mirror HF's except where Rust or Burn forbid it (`self`, LayerNorm's `gamma`/`beta`).
+pub fn hf_key(path: &str) -> String {
+    path.replace(".attention.self_attn.", ".attention.self.")
+        .replace("layer_norm.gamma", "LayerNorm.weight")
+        .replace("layer_norm.beta", "LayerNorm.bias")
+}
 /// Float parameters of `module` whose path satisfies `select`, as host tensors.
 pub fn collect<M: Module>(
     module: &M,

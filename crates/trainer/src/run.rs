@@ -205,21 +205,13 @@ impl LoadedRun {
         labels_path: Option<&Path>,
         device: &Device,
     ) -> Result<Self> {
-        let max_length = pretrained.tokenizer.max_length().unwrap_or(512);
         let adapter = bert_model::peft::adapter::read(adapter_dir, &pretrained.config)?;
-        let labels = match labels_path {
-            Some(path) => LabelMap::read(path)?,
-            None => LabelMap::placeholders(adapter.num_labels)?,
-        };
-        if labels.len() != adapter.num_labels {
-            bail!(
-                "{}: the adapter's head has {} labels, the label file {} has {}",
-                adapter_dir.display(),
-                adapter.num_labels,
-                labels_path.map_or_else(String::new, |p| p.display().to_string()),
-                labels.len()
-            );
-        }
+        let labels = head_labels(
+            labels_path,
+            None,
+            adapter.num_labels,
+            &format!("{}: the adapter's head", adapter_dir.display()),
+        )?;
         let model = BertClassifier::new(
             pretrained.loaded.model.clone(),
             None,
@@ -234,7 +226,6 @@ impl LoadedRun {
         Ok(Self::without_run(
             pretrained,
             source,
-            max_length,
             adapter.peft,
             labels,
             model,
@@ -259,18 +250,12 @@ impl LoadedRun {
             );
         };
         let num_labels = head.weight.dims()[1];
-        let labels = match (labels_path, pretrained.config.labels()) {
-            (Some(path), _) => LabelMap::read(path)?,
-            (None, Some(names)) if names.len() == num_labels => LabelMap::new(names)?,
-            _ => LabelMap::placeholders(num_labels)?,
-        };
-        if labels.len() != num_labels {
-            bail!(
-                "{}: the model's head has {num_labels} labels, the label file has {}",
-                labels_path.map_or_else(String::new, |p| p.display().to_string()),
-                labels.len()
-            );
-        }
+        let labels = head_labels(
+            labels_path,
+            pretrained.config.labels(),
+            num_labels,
+            &format!("{}: the model's head", pretrained.dir.weights.display()),
+        )?;
         let peft = PeftConfig::Full(Default::default());
         let model = BertClassifier::new(
             pretrained.loaded.model.clone(),
@@ -280,30 +265,21 @@ impl LoadedRun {
             num_labels,
             device,
         )?;
-        let max_length = pretrained.tokenizer.max_length().unwrap_or(512);
-        Ok(Self::without_run(
-            &pretrained,
-            source,
-            max_length,
-            peft,
-            labels,
-            model,
-        ))
+        Ok(Self::without_run(&pretrained, source, peft, labels, model))
     }
 
     /// A classifier that no run directory describes: its recipe is the defaults plus what is
-    /// known (model source, max length, method).
+    /// known (model source, the tokenizer's max length, method).
     fn without_run(
         pretrained: &Pretrained,
         source: &str,
-        max_length: usize,
         peft: PeftConfig,
         labels: LabelMap,
         model: BertClassifier,
     ) -> Self {
         let mut config = TrainConfig::default();
         config.model.source = source.to_string();
-        config.model.max_length = max_length;
+        config.model.max_length = pretrained.tokenizer.max_length().unwrap_or(512);
         config.peft = peft;
         Self {
             dir: None,
@@ -323,6 +299,30 @@ impl LoadedRun {
             None => crate::commands::classifier::argmax(probs).0,
         }
     }
+}
+
+/// The label names of a head with `num_labels` outputs, for a classifier loaded without a run:
+/// from the label file when given, else the checkpoint's own names when they fit, else
+/// `LABEL_0`, ... A label file of another length is an error naming both (`head` says whose).
+fn head_labels(
+    labels_path: Option<&Path>,
+    names: Option<Vec<String>>,
+    num_labels: usize,
+    head: &str,
+) -> Result<LabelMap> {
+    let labels = match (labels_path, names) {
+        (Some(path), _) => LabelMap::read(path)?,
+        (None, Some(names)) if names.len() == num_labels => LabelMap::new(names)?,
+        _ => LabelMap::placeholders(num_labels)?,
+    };
+    if labels.len() != num_labels {
+        bail!(
+            "{head} has {num_labels} labels, the label file {} has {}",
+            labels_path.map_or_else(String::new, |p| p.display().to_string()),
+            labels.len()
+        );
+    }
+    Ok(labels)
 }
 
 /// The classifier of `config` on top of a pretrained BERT, with the method's initial weights

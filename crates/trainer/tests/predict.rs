@@ -277,6 +277,25 @@ fn predict_with_a_fine_tuned_hf_classifier() {
         "{line}"
     );
     assert_eq!(line["probabilities"].as_array().unwrap().len(), 2);
+    std::fs::write(dir.join("three.txt"), "a\nb\nc\n").unwrap();
+    let out = trainer(
+        dir,
+        &[
+            "predict",
+            "--model",
+            model.to_str().unwrap(),
+            "--labels",
+            "three.txt",
+            "x",
+        ],
+        None,
+    );
+    assert!(!out.status.success());
+    let e = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        e.contains("head has 2 labels, the label file three.txt has 3"),
+        "{e}"
+    );
 
     let bare = fixtures().join("tiny-bert-bare");
     let out = trainer(

@@ -106,8 +106,7 @@ fn lora_key_to_path(key: &str) -> Option<String> {
 }
 
 fn path_to_lora_key(path: &str) -> String {
-    let module = path
-        .replace(".attention.self_attn.", ".attention.self.")
+    let module = params::hf_key(path)
         .replace(".lora.lora_a.weight", ".lora_A.weight")
         .replace(".lora.lora_b.weight", ".lora_B.weight");
     format!("{LORA_PREFIX}{module}")
