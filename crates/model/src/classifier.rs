@@ -51,6 +51,12 @@ impl BertClassifier {
         num_labels: usize,
         device: &Device,
     ) -> Result<Self> {
+        peft.validate().map_err(ModelError::Other)?;
+        if num_labels == 0 {
+            return Err(ModelError::Other(
+                "a classifier needs at least one label".into(),
+            ));
+        }
         let mut bert = bert;
         if bert.pooler.is_none() {
             // HF builds BertForSequenceClassification with a pooler even when the checkpoint
@@ -164,12 +170,42 @@ impl BertClassifier {
     pub fn num_labels(&self) -> usize {
         self.classifier.weight.dims()[1]
     }
+
+    /// Virtual tokens in front of the text (prompt embeddings or key/value prefixes).
+    pub fn num_virtual_tokens(&self) -> usize {
+        let prefix = self.prefix_encoder.as_ref().map(|p| p.num_virtual_tokens());
+        let prompt = self.prompt_encoder.as_ref().map(|p| p.num_virtual_tokens());
+        prefix.or(prompt).unwrap_or(0)
+    }
+
+    /// Checks that texts of up to `max_length` tokens fit the position table together with the
+    /// virtual tokens (which take the first positions), so a forward pass can never index past
+    /// it. The message says which limit to lower.
+    pub fn check_input_length(&self, max_length: usize) -> Result<()> {
+        let positions = self.bert.embeddings.position_embeddings.weight.dims()[0];
+        let virtual_tokens = self.num_virtual_tokens();
+        if virtual_tokens + max_length > positions {
+            let room = positions.saturating_sub(virtual_tokens);
+            return Err(ModelError::Other(format!(
+                "{virtual_tokens} virtual tokens + max length {max_length} exceed the model's \
+                 {positions} positions (max_position_embeddings): use a max length of at most \
+                 {room}{}",
+                if virtual_tokens > 0 {
+                    " or fewer virtual tokens"
+                } else {
+                    ""
+                }
+            )));
+        }
+        Ok(())
+    }
 }
 
 /// Attaches LoRA updates to the linears `config.target_modules` names, as peft does; a target
 /// that matches nothing is an error (peft: "Target modules ... not found in the base model").
 fn with_lora(bert: BertModel, config: &crate::peft::LoraConfig) -> Result<BertModel> {
     let mut matched = vec![false; config.target_modules.len()];
+    let mut too_wide = None;
     let bert = bert.map_linears(|path, linear| {
         let mut hit = false;
         for (i, t) in config.target_modules.iter().enumerate() {
@@ -178,12 +214,24 @@ fn with_lora(bert: BertModel, config: &crate::peft::LoraConfig) -> Result<BertMo
                 hit = true;
             }
         }
-        if hit {
+        let [d_in, d_out] = linear.weight.dims();
+        if hit && config.r > d_in.min(d_out) {
+            too_wide.get_or_insert(format!(
+                "peft.r = {} exceeds the rank of {path} ({d_in} x {d_out}): a low-rank update \
+                 needs r <= {}",
+                config.r,
+                d_in.min(d_out)
+            ));
+            linear
+        } else if hit {
             linear.with_lora(config)
         } else {
             linear
         }
     });
+    if let Some(message) = too_wide {
+        return Err(ModelError::Other(message));
+    }
     let missing: Vec<&str> = config
         .target_modules
         .iter()

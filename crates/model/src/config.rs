@@ -110,9 +110,53 @@ impl BertConfig {
                 "architectures lists \"{bad}\", which is not a BERT architecture"
             ));
         }
-        if self.hidden_size == 0 || self.num_attention_heads == 0 {
-            return Err("hidden_size and num_attention_heads must be positive".into());
+        for (field, value) in [
+            ("vocab_size", self.vocab_size),
+            ("hidden_size", self.hidden_size),
+            ("num_hidden_layers", self.num_hidden_layers),
+            ("num_attention_heads", self.num_attention_heads),
+            ("intermediate_size", self.intermediate_size),
+            ("max_position_embeddings", self.max_position_embeddings),
+            ("type_vocab_size", self.type_vocab_size),
+        ] {
+            if value == 0 {
+                return Err(format!("{field} must be at least 1"));
+            }
         }
+        let dropouts = [
+            ("hidden_dropout_prob", Some(self.hidden_dropout_prob)),
+            (
+                "attention_probs_dropout_prob",
+                Some(self.attention_probs_dropout_prob),
+            ),
+            ("classifier_dropout", self.classifier_dropout),
+        ];
+        for (field, p) in dropouts {
+            if let Some(p) = p
+                && !(0.0..1.0).contains(&p)
+            {
+                return Err(format!("{field} must be in [0, 1), got {p}"));
+            }
+        }
+        if !(self.layer_norm_eps > 0.0 && self.layer_norm_eps < 1.0) {
+            return Err(format!(
+                "layer_norm_eps must be in (0, 1), got {}",
+                self.layer_norm_eps
+            ));
+        }
+        if !(self.initializer_range.is_finite() && self.initializer_range >= 0.0) {
+            return Err(format!(
+                "initializer_range must be finite and >= 0, got {}",
+                self.initializer_range
+            ));
+        }
+        if self.pad_token_id >= self.vocab_size {
+            return Err(format!(
+                "pad_token_id {} is outside the vocabulary ({} tokens)",
+                self.pad_token_id, self.vocab_size
+            ));
+        }
+        self.labels()?;
         if !self.hidden_size.is_multiple_of(self.num_attention_heads) {
             return Err(format!(
                 "hidden_size {} is not a multiple of num_attention_heads {}",
@@ -138,15 +182,26 @@ impl BertConfig {
         self.hidden_size / self.num_attention_heads
     }
 
-    /// Label names in index order, when the checkpoint carries them.
-    pub fn labels(&self) -> Option<Vec<String>> {
-        let map = self.id2label.as_ref()?;
-        let mut pairs: Vec<(usize, &String)> = map
-            .iter()
-            .filter_map(|(k, v)| k.parse().ok().map(|i| (i, v)))
-            .collect();
-        pairs.sort();
-        Some(pairs.into_iter().map(|(_, v)| v.clone()).collect())
+    /// Label names in index order, when the checkpoint carries them. `id2label` is keyed by
+    /// index: its keys must be exactly `"0"` .. `"n-1"` (a gap would shift every later label).
+    pub fn labels(&self) -> std::result::Result<Option<Vec<String>>, String> {
+        let Some(map) = self.id2label.as_ref() else {
+            return Ok(None);
+        };
+        let mut names = vec![None; map.len()];
+        for (key, name) in map {
+            match key.parse::<usize>() {
+                Ok(i) if i < names.len() && names[i].is_none() => names[i] = Some(name.clone()),
+                _ => {
+                    return Err(format!(
+                        "id2label key {key:?}: keys must be the indices 0..{} of the {} labels",
+                        map.len(),
+                        map.len()
+                    ));
+                }
+            }
+        }
+        Ok(Some(names.into_iter().flatten().collect()))
     }
 }
 
@@ -181,6 +236,64 @@ mod tests {
         v["architectures"] = serde_json::json!(["GPT2LMHeadModel"]);
         let c: BertConfig = serde_json::from_value(v).unwrap();
         assert!(c.validate().unwrap_err().contains("GPT2LMHeadModel"));
+    }
+
+    #[test]
+    fn numeric_fields_are_range_checked() {
+        for (field, value, needle) in [
+            (
+                "hidden_dropout_prob",
+                serde_json::json!(1.5),
+                "hidden_dropout_prob",
+            ),
+            (
+                "attention_probs_dropout_prob",
+                serde_json::json!(-0.1),
+                "attention_probs",
+            ),
+            (
+                "classifier_dropout",
+                serde_json::json!(1.0),
+                "classifier_dropout",
+            ),
+            ("layer_norm_eps", serde_json::json!(-1.0), "layer_norm_eps"),
+            ("layer_norm_eps", serde_json::json!(0.0), "layer_norm_eps"),
+            (
+                "max_position_embeddings",
+                serde_json::json!(0),
+                "max_position_embeddings",
+            ),
+            ("vocab_size", serde_json::json!(0), "vocab_size"),
+            ("pad_token_id", serde_json::json!(100), "pad_token_id"),
+            (
+                "initializer_range",
+                serde_json::json!(-0.5),
+                "initializer_range",
+            ),
+        ] {
+            let mut v = base();
+            v[field] = value;
+            let c: BertConfig = serde_json::from_value(v).unwrap();
+            let e = c.validate().unwrap_err();
+            assert!(e.contains(needle), "{field}: {e}");
+        }
+    }
+
+    #[test]
+    fn id2label_is_read_by_key_not_position() {
+        let mut v = base();
+        v["id2label"] = serde_json::json!({"1": "b", "0": "a", "2": "c"});
+        let c: BertConfig = serde_json::from_value(v).unwrap();
+        assert_eq!(c.labels().unwrap().unwrap(), ["a", "b", "c"]);
+        // Ten labels: "10" sorts before "2" as a string, not as an index.
+        let mut v = base();
+        v["id2label"] = (0..11).map(|i| (i.to_string(), format!("l{i}"))).collect();
+        let c: BertConfig = serde_json::from_value(v).unwrap();
+        assert_eq!(c.labels().unwrap().unwrap()[10], "l10");
+        let mut v = base();
+        v["id2label"] = serde_json::json!({"0": "a", "5": "b"});
+        let c: BertConfig = serde_json::from_value(v).unwrap();
+        assert!(c.validate().unwrap_err().contains("id2label key \"5\""));
     }
 
     #[test]

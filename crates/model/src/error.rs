@@ -9,11 +9,12 @@ pub type Result<T> = std::result::Result<T, ModelError>;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ModelError {
-    #[error("{path}: {source}")]
+    /// The OS message is part of this line, not a separate `source` (which would print it
+    /// twice in an error chain).
+    #[error("{path}: {error}")]
     Io {
         path: PathBuf,
-        #[source]
-        source: std::io::Error,
+        error: std::io::Error,
     },
     #[error("{path}: invalid config: {message}")]
     Config { path: PathBuf, message: String },
@@ -33,7 +34,7 @@ impl ModelError {
     pub fn io(path: &Path, source: std::io::Error) -> Self {
         Self::Io {
             path: path.to_path_buf(),
-            source,
+            error: source,
         }
     }
 

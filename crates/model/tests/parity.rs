@@ -222,7 +222,10 @@ fn pretrained_loads_a_local_directory() {
     let dir = fixtures().join("tiny-bert");
     let p = Pretrained::load(dir.to_str().unwrap(), 32, &device).unwrap();
     assert_eq!(p.config.num_hidden_layers, 2);
-    assert_eq!(p.config.labels().unwrap(), vec!["标题党", "非标题党"]);
+    assert_eq!(
+        p.config.labels().unwrap().unwrap(),
+        vec!["标题党", "非标题党"]
+    );
     assert!(p.model().pooler.is_some());
 }
 

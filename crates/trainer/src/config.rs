@@ -8,8 +8,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 use bert_model::DEFAULT_MODEL;
-use bert_model::peft::prompt::Reparameterization;
-use bert_model::peft::{PeftConfig, PromptEncoderConfig};
+use bert_model::peft::PeftConfig;
 use serde::{Deserialize, Serialize};
 
 /// A whole recipe.
@@ -157,6 +156,7 @@ impl TrainConfig {
     }
 
     pub fn validate(&self) -> Result<()> {
+        check_name(&self.name)?;
         let t = &self.train;
         if t.epochs == 0 {
             bail!("train.epochs must be at least 1");
@@ -166,6 +166,12 @@ impl TrainConfig {
         }
         if !(t.lr > 0.0 && t.lr < 1.0) {
             bail!("train.lr must be in (0, 1), got {}", t.lr);
+        }
+        if !(t.weight_decay.is_finite() && t.weight_decay >= 0.0) {
+            bail!(
+                "train.weight_decay must be finite and >= 0, got {}",
+                t.weight_decay
+            );
         }
         if !(0.0..1.0).contains(&t.warmup_ratio) {
             bail!(
@@ -179,37 +185,13 @@ impl TrainConfig {
                 self.data.valid_fraction
             );
         }
+        if self.data.max_rows == Some(0) {
+            bail!("data.max_rows must be at least 1 (or left out to use every row)");
+        }
         if self.model.max_length < 2 {
             bail!("model.max_length must be at least 2 ([CLS] and [SEP])");
         }
-        let virtual_tokens = match &self.peft {
-            PeftConfig::PrefixTuning(p) => Some(p.num_virtual_tokens),
-            PeftConfig::PromptTuning(p) => Some(p.num_virtual_tokens),
-            PeftConfig::PTuning(p) => Some(p.num_virtual_tokens),
-            _ => None,
-        };
-        if virtual_tokens == Some(0) {
-            bail!("peft.num_virtual_tokens must be at least 1");
-        }
-        if let PeftConfig::PTuning(p) = &self.peft {
-            check_p_tuning(p)?;
-        }
-        if let PeftConfig::Lora(l) = &self.peft {
-            if l.r == 0 {
-                bail!("peft.r must be at least 1");
-            }
-            if !(0.0..1.0).contains(&l.lora_dropout) {
-                bail!(
-                    "peft.lora_dropout must be in [0, 1), got {}",
-                    l.lora_dropout
-                );
-            }
-            if l.target_modules.is_empty() {
-                bail!(
-                    "peft.target_modules must name at least one module (e.g. [\"query\", \"value\"])"
-                );
-            }
-        }
+        self.peft.validate().map_err(anyhow::Error::msg)?;
         Ok(())
     }
 
@@ -218,35 +200,19 @@ impl TrainConfig {
     }
 }
 
-/// p-tuning's encoder settings: the LSTM's own keys mean nothing to the MLP, so setting them
-/// there is refused rather than ignored (peft only warns).
-fn check_p_tuning(p: &PromptEncoderConfig) -> Result<()> {
-    if p.encoder_hidden_size == 0 {
-        bail!("peft.encoder_hidden_size must be at least 1");
+/// The run name becomes a directory under `runs/`: one plain path component, so a recipe can
+/// never write outside it.
+fn check_name(name: &str) -> Result<()> {
+    if name.is_empty() {
+        return Ok(());
     }
-    match p.encoder_reparameterization_type {
-        Reparameterization::Lstm => {
-            if p.encoder_num_layers == 0 {
-                bail!("peft.encoder_num_layers must be at least 1");
-            }
-            if !(0.0..1.0).contains(&p.encoder_dropout) {
-                bail!(
-                    "peft.encoder_dropout must be in [0, 1), got {}",
-                    p.encoder_dropout
-                );
-            }
-        }
-        Reparameterization::Mlp => {
-            let default = PromptEncoderConfig::default();
-            if p.encoder_num_layers != default.encoder_num_layers
-                || p.encoder_dropout != default.encoder_dropout
-            {
-                bail!(
-                    "peft.encoder_num_layers and peft.encoder_dropout apply to \
-                     encoder_reparameterization_type = \"lstm\" only (the MLP has a fixed 3 layers)"
-                );
-            }
-        }
+    let plain =
+        name != "." && name != ".." && !name.contains(['/', '\\', '\0']) && !name.starts_with('.');
+    if !plain {
+        bail!(
+            "name {name:?} must be a plain directory name (no `/`, `\\`, or leading `.`): \
+             the run is written to runs/<name>"
+        );
     }
     Ok(())
 }
@@ -295,6 +261,14 @@ fn apply_override(table: &mut toml::Table, assignment: &str) -> Result<()> {
         Ok(mut t) => t.remove("v").expect("parsed key"),
         Err(_) => toml::Value::String(raw.to_string()),
     };
+    // Another method has other keys: switching method starts its table afresh rather than
+    // failing on the old method's keys.
+    if key == "peft.method"
+        && let Some(toml::Value::Table(peft)) = table.get_mut("peft")
+        && peft.get("method") != Some(&value)
+    {
+        peft.clear();
+    }
     let mut parts: Vec<&str> = key.split('.').collect();
     let last = parts.pop().filter(|s| !s.is_empty());
     let Some(last) = last else {
@@ -315,6 +289,7 @@ fn apply_override(table: &mut toml::Table, assignment: &str) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use bert_model::peft::prompt::Reparameterization;
 
     fn load(text: &str, overrides: &[&str]) -> Result<TrainConfig> {
         let dir = tempfile::tempdir().unwrap();
@@ -424,6 +399,92 @@ mod tests {
         assert!(e.contains("train.epochs"), "{e}");
         let e = format!("{:#}", load("", &["train.epochs"]).unwrap_err());
         assert!(e.contains("key=value"), "{e}");
+    }
+
+    #[test]
+    fn non_finite_and_out_of_range_numbers_are_named() {
+        for (set, needle) in [
+            ("train.weight_decay=nan", "train.weight_decay"),
+            ("train.weight_decay=-1", "train.weight_decay"),
+            ("train.lr=nan", "train.lr"),
+            ("train.warmup_ratio=nan", "train.warmup_ratio"),
+            ("data.valid_fraction=nan", "data.valid_fraction"),
+            ("data.max_rows=0", "data.max_rows"),
+        ] {
+            let e = format!("{:#}", load("", &[set]).unwrap_err());
+            assert!(e.contains(needle), "{set}: {e}");
+        }
+        let lora = "[peft]\nmethod = \"lora\"\n";
+        for (set, needle) in [
+            ("peft.lora_alpha=nan", "peft.lora_alpha"),
+            ("peft.lora_alpha=inf", "peft.lora_alpha"),
+            ("peft.lora_dropout=nan", "peft.lora_dropout"),
+            ("peft.r=0", "peft.r"),
+        ] {
+            let e = format!("{:#}", load(lora, &[set]).unwrap_err());
+            assert!(e.contains(needle), "{set}: {e}");
+        }
+        let prefix = "[peft]\nmethod = \"prefix-tuning\"\nprefix_projection = true\n";
+        let e = format!(
+            "{:#}",
+            load(prefix, &["peft.encoder_hidden_size=0"]).unwrap_err()
+        );
+        assert!(e.contains("peft.encoder_hidden_size"), "{e}");
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(256))]
+
+        /// Any recipe text, and any `--set` value: a config or an error naming the file,
+        /// never a panic.
+        #[test]
+        fn any_recipe_loads_or_fails_cleanly(
+            text in "(\\[(model|data|peft|train)\\]\n|[a-z_]{1,12} = (\"[a-z0-9./-]{0,8}\"|-?[0-9]{1,4}(\\.[0-9])?|nan|inf|true|\\[\\])\n|method = \"(lora|prefix-tuning|p-tuning|full|x)\"\n|[ -~]{0,12}\n){0,12}",
+            set in "[a-z_.]{1,20}=[ -~]{0,10}",
+        ) {
+            if let Err(e) = load(&text, &[&set]) {
+                let e = format!("{e:#}");
+                proptest::prop_assert!(e.contains("c.toml") || e.contains("--set"), "{}", e);
+            }
+        }
+    }
+
+    #[test]
+    fn run_names_stay_under_runs() {
+        for bad in ["../../x", "a/b", "..", ".hidden", "a\\b"] {
+            let e = format!("{:#}", load(&format!("name = {bad:?}\n"), &[]).unwrap_err());
+            assert!(e.contains("plain directory name"), "{bad}: {e}");
+        }
+        assert!(load("name = \"en-lora_2\"\n", &[]).is_ok());
+    }
+
+    #[test]
+    fn setting_another_method_switches_the_peft_table() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../configs");
+        let c = TrainConfig::load(&dir.join("default.toml"), &["peft.method=lora".into()]).unwrap();
+        assert!(matches!(c.peft, PeftConfig::Lora(_)), "{:?}", c.peft);
+        let c = TrainConfig::load(
+            &dir.join("default.toml"),
+            &["peft.method=lora".into(), "peft.r=4".into()],
+        )
+        .unwrap();
+        match c.peft {
+            PeftConfig::Lora(l) => assert_eq!(l.r, 4),
+            other => panic!("{other:?}"),
+        }
+        // The same method keeps its keys.
+        let c = TrainConfig::load(
+            &dir.join("default.toml"),
+            &[
+                "peft.num_virtual_tokens=7".into(),
+                "peft.method=prefix-tuning".into(),
+            ],
+        )
+        .unwrap();
+        match c.peft {
+            PeftConfig::PrefixTuning(p) => assert_eq!(p.num_virtual_tokens, 7),
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]

@@ -1,14 +1,209 @@
-//! The compute device, from the backend features this binary was built with.
+//! The compute device: a checked choice among the backends this binary was built with.
+//!
+//! `--device` (any command) or `BURN_DEVICE` names one: `flex`, `cpu`, `ndarray`, `cuda` or
+//! `cuda:N`. Without either, the first compiled backend in the order GPU, then CPU is used. A
+//! name that is unknown, or whose backend was not compiled in, is an error listing what this
+//! build has (Burn's own `Device::default()` panics on those).
 
+use std::fmt;
+use std::str::FromStr;
+use std::sync::OnceLock;
+
+use anyhow::{Result, bail};
 use burn::prelude::*;
 
-/// The first enabled backend, GPUs first (`cuda` when built with it), else the CPU backend;
-/// `BURN_DEVICE` (e.g. `flex`, `cuda`) overrides.
+/// One device of a compiled backend.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeviceSpec {
+    /// Burn's pure-Rust CPU backend (the default build).
+    Flex,
+    /// CubeCL's CPU runtime.
+    Cpu,
+    /// The (deprecated) ndarray CPU backend.
+    NdArray,
+    /// An NVIDIA GPU by index.
+    Cuda(usize),
+}
+
+impl DeviceSpec {
+    /// Backend names this binary was built with, in default-preference order.
+    pub fn compiled() -> Vec<&'static str> {
+        let mut names = Vec::new();
+        if cfg!(feature = "cuda") {
+            names.push("cuda");
+        }
+        if cfg!(feature = "cpu") {
+            names.push("cpu");
+        }
+        if cfg!(feature = "flex") {
+            names.push("flex");
+        }
+        if cfg!(feature = "ndarray") {
+            names.push("ndarray");
+        }
+        names
+    }
+
+    fn backend(&self) -> &'static str {
+        match self {
+            Self::Flex => "flex",
+            Self::Cpu => "cpu",
+            Self::NdArray => "ndarray",
+            Self::Cuda(_) => "cuda",
+        }
+    }
+
+    /// The first compiled backend, GPUs first.
+    pub fn preferred() -> Result<Self> {
+        match Self::compiled().first() {
+            Some(name) => name.parse(),
+            None => bail!("this binary was built without a backend feature (flex, cpu, cuda)"),
+        }
+    }
+
+    /// The Burn device; `Err` when its backend is not compiled into this binary.
+    pub fn device(&self) -> Result<Device> {
+        let device = match self {
+            #[cfg(feature = "flex")]
+            Self::Flex => Some(Device::flex()),
+            #[cfg(feature = "cpu")]
+            Self::Cpu => Some(Device::cpu()),
+            #[cfg(feature = "ndarray")]
+            #[allow(deprecated)]
+            Self::NdArray => Some(Device::ndarray()),
+            #[cfg(feature = "cuda")]
+            Self::Cuda(i) => Some(Device::cuda(*i)),
+            #[allow(unreachable_patterns)]
+            _ => None,
+        };
+        match device {
+            Some(d) => Ok(d),
+            None => bail!(
+                "device `{self}` is not compiled into this binary (it has: {}); rebuild with \
+                 `--features {}`",
+                Self::compiled().join(", "),
+                self.backend()
+            ),
+        }
+    }
+}
+
+impl fmt::Display for DeviceSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Cuda(i) => write!(f, "cuda:{i}"),
+            other => f.write_str(other.backend()),
+        }
+    }
+}
+
+impl FromStr for DeviceSpec {
+    type Err = anyhow::Error;
+
+    fn from_str(s: &str) -> Result<Self> {
+        let lower = s.trim().to_ascii_lowercase();
+        let (name, index) = match lower.split_once(':') {
+            Some((n, i)) => match i.parse::<usize>() {
+                Ok(i) => (n, Some(i)),
+                Err(_) => bail!("device `{s}`: `{i}` is not a device index (e.g. cuda:0)"),
+            },
+            None => (lower.as_str(), None),
+        };
+        let spec = match (name, index) {
+            ("cuda", i) => Self::Cuda(i.unwrap_or(0)),
+            ("flex", None) => Self::Flex,
+            ("cpu", None) => Self::Cpu,
+            ("ndarray", None) => Self::NdArray,
+            ("flex" | "cpu" | "ndarray", Some(_)) => {
+                bail!("device `{s}`: the {name} backend has one device (no `:N`)")
+            }
+            _ => bail!(
+                "unknown device `{s}` (known: flex, cpu, ndarray, cuda[:N]; this binary has: {})",
+                Self::compiled().join(", ")
+            ),
+        };
+        Ok(spec)
+    }
+}
+
+static SELECTED: OnceLock<(DeviceSpec, Device)> = OnceLock::new();
+
+/// Decides this process's device from `--device` (first) or `BURN_DEVICE`; every error names
+/// where the bad value came from and the compiled backends. Called once, before any command.
+pub fn select(flag: Option<&str>) -> Result<()> {
+    let spec = match (flag, std::env::var("BURN_DEVICE")) {
+        (Some(f), _) => f
+            .parse::<DeviceSpec>()
+            .and_then(|s| s.device().map(|d| (s, d)))
+            .map_err(|e| e.context("--device"))?,
+        (None, Ok(v)) => {
+            if v.trim().is_empty() {
+                bail!(
+                    "BURN_DEVICE is set but empty: unset it or name a device (this binary has: {})",
+                    DeviceSpec::compiled().join(", ")
+                );
+            }
+            v.parse::<DeviceSpec>()
+                .and_then(|s| s.device().map(|d| (s, d)))
+                .map_err(|e| e.context("BURN_DEVICE"))?
+        }
+        (None, Err(_)) => {
+            let s = DeviceSpec::preferred()?;
+            (s, s.device()?)
+        }
+    };
+    // A second call (there is none in the binary) keeps the first choice.
+    let _ = SELECTED.set(spec);
+    Ok(())
+}
+
+/// The selected device (the preferred compiled one when [`select`] was not called).
 pub fn device() -> Device {
-    Device::default()
+    match SELECTED.get() {
+        Some((_, d)) => d.clone(),
+        None => {
+            let s = DeviceSpec::preferred().expect("a backend feature is compiled in");
+            s.device().expect("the preferred backend is compiled in")
+        }
+    }
 }
 
 /// Human-readable name of the device, for logs and benchmark records.
 pub fn describe(device: &Device) -> String {
-    format!("{device:?}")
+    match SELECTED.get() {
+        Some((spec, d)) if d == device => format!("{spec} ({device:?})"),
+        _ => format!("{device:?}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_parse_and_bad_ones_are_named() {
+        assert_eq!("flex".parse::<DeviceSpec>().unwrap(), DeviceSpec::Flex);
+        assert_eq!(
+            " CUDA:1 ".parse::<DeviceSpec>().unwrap(),
+            DeviceSpec::Cuda(1)
+        );
+        assert_eq!("cuda".parse::<DeviceSpec>().unwrap(), DeviceSpec::Cuda(0));
+        let e = format!("{:#}", "bogus".parse::<DeviceSpec>().unwrap_err());
+        assert!(
+            e.contains("unknown device `bogus`") && e.contains("flex"),
+            "{e}"
+        );
+        let e = format!("{:#}", "cuda:x".parse::<DeviceSpec>().unwrap_err());
+        assert!(e.contains("device index"), "{e}");
+        let e = format!("{:#}", "flex:2".parse::<DeviceSpec>().unwrap_err());
+        assert!(e.contains("one device"), "{e}");
+    }
+
+    #[cfg(not(feature = "cuda"))]
+    #[test]
+    fn a_backend_not_compiled_in_is_an_error_listing_the_compiled_ones() {
+        let e = format!("{:#}", DeviceSpec::Cuda(0).device().unwrap_err());
+        assert!(e.contains("not compiled") && e.contains("flex"), "{e}");
+        assert!(e.contains("--features cuda"), "{e}");
+    }
 }

@@ -1,8 +1,9 @@
 //! `trainer`: fine-tune, evaluate and use BERT text classifiers, built on Burn.
 //!
 //! The backend is chosen at build time by Cargo feature (`flex`, the default CPU backend, or
-//! `cuda`); `BURN_DEVICE` picks among the compiled ones at run time.
+//! `cuda`); `--device` or `BURN_DEVICE` picks among the compiled ones at run time.
 
+mod checkpoint;
 mod commands;
 mod config;
 mod device;
@@ -26,6 +27,10 @@ use clap::{Parser, Subcommand};
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
+    /// Compute device: flex, cpu, ndarray, cuda or cuda:N, among those this binary was built
+    /// with (default: BURN_DEVICE, else the first compiled one, GPUs first).
+    #[arg(long, global = true, value_name = "DEVICE")]
+    device: Option<String>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -48,6 +53,10 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Err(e) = device::select(cli.device.as_deref()) {
+        eprintln!("error: {e:#}");
+        return ExitCode::FAILURE;
+    }
     let result = match cli.command {
         Some(Command::Train(args)) => commands::train::run(args),
         Some(Command::Eval(args)) => commands::eval::run(args),

@@ -73,29 +73,10 @@ impl RunDir {
         self.root.join("checkpoint")
     }
 
-    /// The last epoch whose full resume state (model, optimizer, scheduler) is on disk.
-    pub fn last_checkpoint(&self) -> Option<usize> {
-        let entries = std::fs::read_dir(self.checkpoints()).ok()?;
-        let dir = self.checkpoints();
-        entries
-            .filter_map(|e| {
-                let name = e.ok()?.file_name().into_string().ok()?;
-                let n: usize = name
-                    .strip_prefix("model-")?
-                    .strip_suffix(".bpk")?
-                    .parse()
-                    .ok()?;
-                ["optim", "scheduler"]
-                    .iter()
-                    .all(|k| dir.join(format!("{k}-{n}.bpk")).is_file())
-                    .then_some(n)
-            })
-            .max()
-    }
-
     /// A fresh directory under `runs/` for `name`: `runs/<name>`, or `runs/<name>-2`, ... when
     /// taken, so a new run never mixes its files with an old one.
     pub fn fresh(base: &Path, name: &str) -> Self {
+        let name = if name.is_empty() { "run" } else { name };
         let mut candidate = base.join(name);
         let mut i = 2;
         while candidate.exists() {
@@ -161,6 +142,8 @@ impl LoadedRun {
             .map_err(|e| anyhow::anyhow!("{}: does not fit the model: {e}", adapter.display()))?
             // Inference only from here: LoRA folded into the base weights costs nothing extra.
             .merge_lora();
+        check_fits(&model, &pretrained.tokenizer)
+            .with_context(|| format!("{}", run.config().display()))?;
         let threshold = match Threshold::read(&run.threshold())? {
             Some(t) => {
                 let i = labels.index(&t.label).ok_or_else(|| {
@@ -223,6 +206,8 @@ impl LoadedRun {
         let model = params::apply(model, &adapter.tensors)
             .map_err(|e| anyhow::anyhow!("{}: does not fit the model: {e}", adapter_dir.display()))?
             .merge_lora();
+        check_fits(&model, &pretrained.tokenizer)
+            .with_context(|| format!("{}", adapter_dir.display()))?;
         Ok(Self::without_run(
             pretrained,
             source,
@@ -252,7 +237,7 @@ impl LoadedRun {
         let num_labels = head.weight.dims()[1];
         let labels = head_labels(
             labels_path,
-            pretrained.config.labels(),
+            pretrained.config.labels().ok().flatten(),
             num_labels,
             &format!("{}: the model's head", pretrained.dir.weights.display()),
         )?;
@@ -299,6 +284,14 @@ impl LoadedRun {
             None => crate::commands::classifier::argmax(probs).0,
         }
     }
+}
+
+/// Every text the tokenizer can produce fits the model's positions after the virtual tokens.
+fn check_fits(model: &BertClassifier, tokenizer: &BertTokenizer) -> Result<()> {
+    let positions = model.bert.embeddings.position_embeddings.weight.dims()[0];
+    let max_length = tokenizer.max_length().unwrap_or(positions);
+    model.check_input_length(max_length)?;
+    Ok(())
 }
 
 /// The label names of a head with `num_labels` outputs, for a classifier loaded without a run:

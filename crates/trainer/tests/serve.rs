@@ -6,6 +6,7 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
@@ -49,8 +50,22 @@ impl Drop for Server {
 }
 
 fn serve(dir: &Path, extra: &[&str]) -> Server {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_trainer"))
-        .args(["serve", "--run", "a", "--addr", "127.0.0.1:0"])
+    serve_env(dir, extra, &[])
+}
+
+fn serve_env(dir: &Path, extra: &[&str], env: &[(&str, &str)]) -> Server {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_trainer"));
+    cmd.env_remove("TRAINER_API_KEY");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let mut child = cmd
+        .args(["serve", "--run", "a"])
+        .args(if extra.contains(&"--addr") {
+            &[][..]
+        } else {
+            &["--addr", "127.0.0.1:0"][..]
+        })
         .args(extra)
         .current_dir(dir)
         .stdout(Stdio::piped())
@@ -71,10 +86,15 @@ fn serve(dir: &Path, extra: &[&str]) -> Server {
 
 /// One HTTP/1.1 request; (status, JSON body).
 fn http(addr: &str, method: &str, path: &str, body: &[u8]) -> (u16, Value) {
+    http_with(addr, method, path, "", body)
+}
+
+/// The same with extra header lines (each ending in `\r\n`).
+fn http_with(addr: &str, method: &str, path: &str, headers: &str, body: &[u8]) -> (u16, Value) {
     let mut s = TcpStream::connect(addr).unwrap();
     write!(
         s,
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n{headers}Connection: close\r\n\r\n",
         body.len()
     )
     .unwrap();
@@ -276,4 +296,186 @@ fn serve_endpoints_adapters_limits_and_shutdown() {
         .read_to_string(&mut stderr)
         .unwrap();
     assert!(stderr.contains("stopped"), "{stderr}");
+}
+
+/// Reads from `s` until the server closes it; how long that took.
+fn time_to_close(mut s: TcpStream) -> Duration {
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let start = Instant::now();
+    let mut buf = [0u8; 1024];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) | Err(_) => return start.elapsed(),
+            Ok(_) => {}
+        }
+    }
+}
+
+#[test]
+fn one_failing_request_stalled_clients_and_keys_do_not_take_the_service_down() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let mut csv = String::from("title,label\n");
+    for i in 0..16 {
+        let label = if i % 2 == 0 {
+            "标题党"
+        } else {
+            "非标题党"
+        };
+        csv.push_str(&format!("第{i}个标题,{label}\n"));
+    }
+    std::fs::write(dir.join("zh.csv"), csv).unwrap();
+    std::fs::write(dir.join("labels.txt"), "标题党\n非标题党\n").unwrap();
+    train(
+        dir,
+        "a",
+        "method = \"prefix-tuning\"\nnum_virtual_tokens = 4",
+        1,
+    );
+    std::fs::write(dir.join("keys.txt"), "# one key per line\nk1\n\nk2\n").unwrap();
+    let mut server = serve_env(
+        dir,
+        &[
+            "--header-timeout-secs",
+            "1",
+            "--max-connections",
+            "3",
+            "--shutdown-grace-secs",
+            "2",
+            "--api-key-file",
+            "keys.txt",
+        ],
+        &[("TRAINER_TEST_FAULTS", "panic")],
+    );
+    let addr = server.addr.clone();
+    let key = "Authorization: Bearer k2\r\n";
+
+    // Keys: /healthz is open, everything else needs one of the file's keys.
+    assert_eq!(http(&addr, "GET", "/healthz", b"").0, 200);
+    assert_eq!(http(&addr, "GET", "/v1/adapters", b"").0, 401);
+    assert_eq!(
+        http_with(
+            &addr,
+            "GET",
+            "/v1/adapters",
+            "Authorization: Bearer k3\r\n",
+            b""
+        )
+        .0,
+        401
+    );
+    assert_eq!(http_with(&addr, "GET", "/v1/adapters", key, b"").0, 200);
+
+    // A request whose scoring panics gets 500; the service goes on answering.
+    let body = json!({"texts": ["__panic__"]}).to_string();
+    let (status, e) = http_with(&addr, "POST", "/v1/classify", key, body.as_bytes());
+    assert_eq!(status, 500, "{e}");
+    assert!(
+        e["error"].as_str().unwrap().contains("inference failed"),
+        "{e}"
+    );
+    let body = json!({"texts": ["秘密标题"]}).to_string();
+    let (status, r) = http_with(&addr, "POST", "/v1/classify", key, body.as_bytes());
+    assert_eq!(status, 200, "{r}");
+    let mut healthy = false;
+    for _ in 0..50 {
+        if http(&addr, "GET", "/healthz", b"") == (200, json!({"status": "ok"})) {
+            healthy = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(healthy, "/healthz never came back");
+
+    // Half a header, or nothing at all: dropped after the 1 s header timeout.
+    let mut half = TcpStream::connect(&addr).unwrap();
+    half.write_all(b"POST /v1/classify HTTP/1.1\r\nHost: x\r\n")
+        .unwrap();
+    let silent = TcpStream::connect(&addr).unwrap();
+    assert!(time_to_close(half) < Duration::from_secs(5));
+    assert!(time_to_close(silent) < Duration::from_secs(5));
+
+    // The connection cap: with 3 open, a 4th is closed at once.
+    let open: Vec<TcpStream> = (0..3).map(|_| TcpStream::connect(&addr).unwrap()).collect();
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(time_to_close(TcpStream::connect(&addr).unwrap()) < Duration::from_millis(900));
+    drop(open);
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(http(&addr, "GET", "/healthz", b"").0, 200);
+
+    // SIGTERM with a stalled client open: the server still stops, cleanly and promptly.
+    let mut stalled = TcpStream::connect(&addr).unwrap();
+    stalled.write_all(b"GET /healthz HTTP/1.1\r\n").unwrap();
+    let start = Instant::now();
+    let pid = server.child.id().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let status = server.child.wait().unwrap();
+    assert!(status.success(), "{status:?}");
+    assert!(
+        start.elapsed() < Duration::from_secs(8),
+        "{:?}",
+        start.elapsed()
+    );
+    let mut stderr = String::new();
+    server
+        .child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .unwrap();
+    // One line per request, with adapter and count but never the texts.
+    assert!(
+        stderr.contains("request POST /v1/classify adapter=a texts=1 status=500"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("status=401"), "{stderr}");
+    assert!(
+        !stderr.contains("秘密标题") && !stderr.contains("__panic__"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn serving_beyond_loopback_without_a_key_warns() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let mut csv = String::from("title,label\n");
+    for i in 0..16 {
+        let label = if i % 2 == 0 {
+            "标题党"
+        } else {
+            "非标题党"
+        };
+        csv.push_str(&format!("第{i}个标题,{label}\n"));
+    }
+    std::fs::write(dir.join("zh.csv"), csv).unwrap();
+    std::fs::write(dir.join("labels.txt"), "标题党\n非标题党\n").unwrap();
+    train(dir, "a", "method = \"lora\"", 1);
+    let mut server = serve(dir, &["--addr", "0.0.0.0:0"]);
+    let pid = server.child.id().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    server.child.wait().unwrap();
+    let mut stderr = String::new();
+    server
+        .child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .unwrap();
+    assert!(stderr.contains("warning: listening on 0.0.0.0"), "{stderr}");
+    assert!(stderr.contains("without an API key"), "{stderr}");
 }

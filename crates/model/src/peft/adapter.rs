@@ -118,6 +118,49 @@ fn lora_module(key: &str) -> Option<&str> {
         .strip_suffix(".lora_A.weight")
 }
 
+/// The same from a `lora_B` key.
+fn lora_b_module(key: &str) -> Option<&str> {
+    key.strip_prefix(LORA_PREFIX)?
+        .strip_suffix(".lora_B.weight")
+}
+
+/// The tensors and `target_modules` must describe the same linears: every LoRA'd module is
+/// one the config targets, and every target reaches at least one of them (a list of names, as
+/// peft writes for BERT; a regex string is not checked).
+fn check_lora_targets(
+    config: &AdapterConfig,
+    modules: &[String],
+    bad: &dyn Fn(&str, String) -> ModelError,
+) -> Result<()> {
+    let Some(targets) = config
+        .other
+        .get("target_modules")
+        .and_then(|t| t.as_array())
+    else {
+        return Ok(());
+    };
+    let targets: Vec<&str> = targets.iter().filter_map(|t| t.as_str()).collect();
+    if let Some(m) = modules
+        .iter()
+        .find(|m| !targets.iter().any(|t| super::lora::target_matches(t, m)))
+    {
+        return Err(bad(
+            "target_modules",
+            format!("{targets:?} does not include `{m}`, which the weights adapt"),
+        ));
+    }
+    if let Some(t) = targets
+        .iter()
+        .find(|t| !modules.iter().any(|m| super::lora::target_matches(t, m)))
+    {
+        return Err(bad(
+            "target_modules",
+            format!("`{t}` is targeted, but the weights adapt no such module"),
+        ));
+    }
+    Ok(())
+}
+
 /// Reads a peft adapter directory for a BERT with config `bert`.
 pub fn read(dir: &Path, bert: &BertConfig) -> Result<PeftAdapter> {
     let config_path = dir.join(CONFIG_FILE);
@@ -171,6 +214,19 @@ pub fn read(dir: &Path, bert: &BertConfig) -> Result<PeftAdapter> {
     if config.peft_type == "LORA" {
         check_lora_options(&config, &bad)?;
     }
+    if let Some(alpha) = config.lora_alpha
+        && !(alpha.is_finite() && alpha > 0.0)
+    {
+        return Err(bad(
+            "lora_alpha",
+            format!("{alpha}: must be finite and positive"),
+        ));
+    }
+    if let Some(p) = config.lora_dropout
+        && !(0.0..1.0).contains(&p)
+    {
+        return Err(bad("lora_dropout", format!("{p}: must be in [0, 1)")));
+    }
 
     let weights_path = [WEIGHTS_FILE, "adapter_model.bin"]
         .iter()
@@ -202,7 +258,9 @@ pub fn read(dir: &Path, bert: &BertConfig) -> Result<PeftAdapter> {
     tensors.insert("classifier.bias".to_string(), head_b.clone());
 
     let peft = if config.peft_type == "LORA" {
-        let mut targets = Vec::new();
+        let r = config.r.ok_or_else(|| bad("r", "missing".into()))?;
+        let mut a_modules = Vec::new();
+        let mut b_modules = Vec::new();
         for (key, t) in &weights.tensors {
             if *key == head_weight || *key == head_bias {
                 continue;
@@ -212,26 +270,43 @@ pub fn read(dir: &Path, bert: &BertConfig) -> Result<PeftAdapter> {
                     "unexpected tensor `{key}` (a LoRA adapter holds `lora_A`/`lora_B` weights and the classifier head)"
                 ))
             })?;
-            if t.shape.len() != 2 {
+            // lora_A is [r, in], lora_B is [out, r] (torch layout).
+            let (modules, rank_axis) = match lora_module(key) {
+                Some(module) => (&mut a_modules, (module, 0)),
+                None => (&mut b_modules, (lora_b_module(key).unwrap_or(key), 1)),
+            };
+            if t.shape.len() != 2 || t.shape[rank_axis.1] != r {
                 return Err(wrong(format!(
-                    "`{key}` has shape {:?}, expected 2-D",
+                    "`{key}` has shape {:?}, but `r` in {CONFIG_FILE} is {r}",
                     t.shape
                 )));
             }
+            modules.push(rank_axis.0.to_string());
             tensors.insert(path, transpose(t));
-            if let Some(module) = lora_module(key) {
-                targets.push(module.to_string());
-            }
         }
-        let r = match config.r {
-            Some(r) => r,
-            None => return Err(bad("r", "missing".into())),
-        };
+        if let Some(m) = a_modules.iter().find(|m| !b_modules.contains(m)) {
+            return Err(wrong(format!(
+                "`{LORA_PREFIX}{m}` has lora_A but no lora_B"
+            )));
+        }
+        if let Some(m) = b_modules.iter().find(|m| !a_modules.contains(m)) {
+            return Err(wrong(format!(
+                "`{LORA_PREFIX}{m}` has lora_B but no lora_A"
+            )));
+        }
+        if a_modules.is_empty() {
+            return Err(wrong(
+                "no LoRA tensors (`...lora_A.weight`/`...lora_B.weight`): \
+                 this adapter would leave the base model unchanged"
+                    .into(),
+            ));
+        }
+        check_lora_targets(&config, &a_modules, &bad)?;
         PeftConfig::Lora(LoraConfig {
             r,
             lora_alpha: config.lora_alpha.unwrap_or(8.0),
             lora_dropout: config.lora_dropout.unwrap_or(0.0),
-            target_modules: targets,
+            target_modules: a_modules,
             use_rslora: config.use_rslora.unwrap_or(false),
         })
     } else {
@@ -259,6 +334,14 @@ pub fn read(dir: &Path, bert: &BertConfig) -> Result<PeftAdapter> {
             )));
         }
         let n = prompt.shape[0];
+        if let Some(declared) = config.num_virtual_tokens
+            && declared != n
+        {
+            return Err(bad(
+                "num_virtual_tokens",
+                format!("{declared}, but `{PROMPT}` holds {n} virtual tokens"),
+            ));
+        }
         if prefix {
             tensors.insert("prefix_encoder.embedding.weight".into(), prompt.clone());
             // The saved prefix is already projected: it loads as a plain prefix embedding.

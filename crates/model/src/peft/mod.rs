@@ -67,6 +67,82 @@ impl PeftConfig {
         }
     }
 
+    /// Tokens the method puts before the text: prompt embeddings, or prefix keys/values (which
+    /// shift the text's positions by as many). They share the model's position table with it.
+    pub fn num_virtual_tokens(&self) -> usize {
+        match self {
+            Self::PrefixTuning(c) => c.num_virtual_tokens,
+            Self::PromptTuning(c) => c.num_virtual_tokens,
+            Self::PTuning(c) => c.num_virtual_tokens,
+            Self::Lora(_) | Self::Full(_) => 0,
+        }
+    }
+
+    /// Checks every setting's range; the message names the `peft.<key>` at fault.
+    pub fn validate(&self) -> Result<(), String> {
+        let positive = |key: &str, v: usize| {
+            if v == 0 {
+                Err(format!("peft.{key} must be at least 1"))
+            } else {
+                Ok(())
+            }
+        };
+        let dropout = |key: &str, p: f64| {
+            if (0.0..1.0).contains(&p) {
+                Ok(())
+            } else {
+                Err(format!("peft.{key} must be in [0, 1), got {p}"))
+            }
+        };
+        match self {
+            Self::PrefixTuning(c) => {
+                positive("num_virtual_tokens", c.num_virtual_tokens)?;
+                if c.prefix_projection {
+                    positive("encoder_hidden_size", c.encoder_hidden_size)?;
+                }
+            }
+            Self::PromptTuning(c) => positive("num_virtual_tokens", c.num_virtual_tokens)?,
+            Self::PTuning(c) => {
+                positive("num_virtual_tokens", c.num_virtual_tokens)?;
+                positive("encoder_hidden_size", c.encoder_hidden_size)?;
+                match c.encoder_reparameterization_type {
+                    prompt::Reparameterization::Lstm => {
+                        positive("encoder_num_layers", c.encoder_num_layers)?;
+                        dropout("encoder_dropout", c.encoder_dropout)?;
+                    }
+                    prompt::Reparameterization::Mlp => {
+                        let default = PromptEncoderConfig::default();
+                        if c.encoder_num_layers != default.encoder_num_layers
+                            || c.encoder_dropout != default.encoder_dropout
+                        {
+                            return Err("peft.encoder_num_layers and peft.encoder_dropout apply \
+                                 to encoder_reparameterization_type = \"lstm\" only (the MLP \
+                                 has a fixed 3 layers)"
+                                .into());
+                        }
+                    }
+                }
+            }
+            Self::Lora(c) => {
+                positive("r", c.r)?;
+                if !(c.lora_alpha.is_finite() && c.lora_alpha > 0.0) {
+                    return Err(format!(
+                        "peft.lora_alpha must be finite and positive, got {}",
+                        c.lora_alpha
+                    ));
+                }
+                dropout("lora_dropout", c.lora_dropout)?;
+                if c.target_modules.is_empty() {
+                    return Err("peft.target_modules must name at least one module \
+                         (e.g. [\"query\", \"value\"])"
+                        .into());
+                }
+            }
+            Self::Full(_) => {}
+        }
+        Ok(())
+    }
+
     /// Whether the pretrained BERT weights stay frozen.
     pub fn freezes_base(&self) -> bool {
         !matches!(self, Self::Full(_))

@@ -31,13 +31,29 @@ pub struct BenchArgs {
 }
 
 pub fn run(args: BenchArgs) -> Result<()> {
+    for (flag, value) in [
+        ("--batch-size", args.batch_size),
+        ("--iters", args.iters),
+        ("--texts", args.texts),
+        ("--seq-len", args.seq_len),
+    ] {
+        anyhow::ensure!(value >= 1, "{flag} must be at least 1");
+    }
     if let Some(run) = &args.run {
         return classify(run, args.texts, args.batch_size);
     }
     let device = device();
     let pretrained = Pretrained::load(&args.model, args.seq_len, &device)?;
+    let positions = pretrained.config.max_position_embeddings;
+    anyhow::ensure!(
+        args.seq_len <= positions,
+        "--seq-len {} exceeds the model's {positions} positions (max_position_embeddings)",
+        args.seq_len
+    );
     let item = Encoded {
-        input_ids: (0..args.seq_len as u32).map(|i| 1000 + i).collect(),
+        input_ids: (0..args.seq_len)
+            .map(|i| ((1000 + i) % pretrained.config.vocab_size) as u32)
+            .collect(),
         token_type_ids: vec![0; args.seq_len],
     };
     let batch = vec![item; args.batch_size];

@@ -174,7 +174,8 @@ pub fn score_csv(
         } else {
             h
         };
-        headers.push(h.to_string());
+        // As `train` reads headers: surrounding spaces are not part of the name.
+        headers.push(h.trim().to_string());
     }
     let Some(text_idx) = headers.iter().position(|h| h == column) else {
         bail!(
@@ -185,14 +186,8 @@ pub fn score_csv(
     };
     let added = added_columns(&headers, run.labels.names());
 
-    let dir = match output.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
-    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    let tmp = tempfile::NamedTempFile::new_in(&dir)
-        .with_context(|| format!("cannot write in {}", dir.display()))?;
-    let mut writer = csv::Writer::from_writer(std::io::BufWriter::new(tmp.as_file()));
+    let out_file = bert_model::fsutil::AtomicFile::create(output)?;
+    let mut writer = csv::Writer::from_writer(std::io::BufWriter::new(out_file.file()));
     writer.write_record(headers.iter().chain(&added))?;
 
     let total_bytes = std::fs::metadata(input).map_or(0, |m| m.len());
@@ -254,29 +249,30 @@ pub fn score_csv(
         progress.update(rows, bytes_after);
     }
     progress.finish(rows);
-    writer.flush()?;
-    drop(writer);
-    tmp.as_file().sync_all()?;
-    tmp.persist(output)
+    writer
+        .flush()
         .with_context(|| format!("cannot write {}", output.display()))?;
+    drop(writer);
+    out_file.persist()?;
     Ok(report)
 }
 
 /// `label`, `score`, `p_<label>`...; a name the input already has gets a `predicted_` prefix
-/// rather than a duplicate column.
+/// (again, until it is new) rather than a duplicate column.
 fn added_columns(headers: &[String], labels: &[String]) -> Vec<String> {
     let names = ["label".to_string(), "score".to_string()]
         .into_iter()
         .chain(labels.iter().map(|l| format!("p_{l}")));
-    names
-        .map(|n| {
-            if headers.contains(&n) {
-                format!("predicted_{n}")
-            } else {
-                n
-            }
-        })
-        .collect()
+    let mut taken: Vec<String> = headers.to_vec();
+    let mut added = Vec::new();
+    for mut name in names {
+        while taken.contains(&name) {
+            name = format!("predicted_{name}");
+        }
+        taken.push(name.clone());
+        added.push(name);
+    }
+    added
 }
 
 #[cfg(test)]
@@ -297,6 +293,15 @@ mod tests {
                 "predicted_label",
                 "score",
                 "predicted_p_clickbait",
+                "p_not_clickbait"
+            ])
+        );
+        assert_eq!(
+            added_columns(&s(&["title", "label", "predicted_label"]), &labels),
+            s(&[
+                "predicted_predicted_label",
+                "score",
+                "p_clickbait",
                 "p_not_clickbait"
             ])
         );

@@ -69,36 +69,33 @@ struct Prepared {
 }
 
 pub fn run(args: TrainArgs) -> Result<()> {
-    let (run, config, resume_from) = if args.resume {
-        let run = RunDir::new(args.run_dir.clone().expect("clap requires run_dir"));
+    let (run, mut config, resume_from) = if args.resume {
+        let run = RunDir::new(args.run_dir.clone().context("--resume needs --run-dir")?);
+        if !run.config().is_file() {
+            bail!(
+                "cannot resume {}: it has no config.toml (a run writes it once its data is \
+                 prepared); start it again with `trainer train --run-dir {}`",
+                run.root.display(),
+                run.root.display()
+            );
+        }
         let config = TrainConfig::load(&run.config(), &args.overrides)
             .context("cannot resume: the run's config.toml")?;
-        let last = run.last_checkpoint().with_context(|| {
-            format!(
-                "cannot resume {}: no complete checkpoint in {}",
-                run.root.display(),
-                run.checkpoints().display()
-            )
-        })?;
+        // Killed before the first checkpoint: the first epoch starts again, from the same
+        // seeds and split, so the result is the straight run's.
+        let last = crate::checkpoint::last_complete(&run.checkpoints()).unwrap_or(0);
         (run, config, Some(last))
     } else {
         let config = TrainConfig::load(&args.config, &args.overrides)?;
         let run = match &args.run_dir {
             Some(d) => {
-                if d.exists() && std::fs::read_dir(d).map(|mut r| r.next().is_some())? {
-                    bail!(
-                        "{} already holds files; choose another --run-dir or continue it with --resume",
-                        d.display()
-                    );
-                }
+                check_run_dir_free(d)?;
                 RunDir::new(d)
             }
             None => RunDir::fresh(Path::new("runs"), &config.name),
         };
         (run, config, None)
     };
-    std::fs::create_dir_all(&run.root)
-        .with_context(|| format!("cannot create {}", run.root.display()))?;
 
     let device = crate::device::device();
     device.seed(config.train.seed);
@@ -107,20 +104,25 @@ pub fn run(args: TrainArgs) -> Result<()> {
     eprintln!("model: {}", config.model.source);
     let pretrained =
         Pretrained::load(&config.model.source, config.model.max_length, &train_device)?;
-    if config.model.max_length > pretrained.config.max_position_embeddings {
-        bail!(
-            "model.max_length {} exceeds the model's max_position_embeddings {}",
-            config.model.max_length,
-            pretrained.config.max_position_embeddings
-        );
+    // A local model is recorded by absolute path, so the run loads from any directory.
+    if let bert_model::ModelSource::Local(dir) = &pretrained.source
+        && let Ok(abs) = std::fs::canonicalize(dir)
+    {
+        config.model.source = abs.display().to_string();
     }
 
+    // Nothing is written before the inputs are known to be good; a failure while preparing a
+    // new run removes the directory again.
+    let created = CreatedDir::create(&run.root, resume_from.is_none())?;
     let data = if resume_from.is_some() {
         prepare_resumed(&run, &config, &pretrained.tokenizer)?
     } else {
         prepare(&run, &config, &pretrained.tokenizer)?
     };
     let model = build_model(&pretrained, &config, data.labels.len(), &train_device)?;
+    model
+        .check_input_length(config.model.max_length)
+        .context("model.max_length and peft.num_virtual_tokens")?;
     let (trainable, total) = param_counts(&model, &config);
     eprintln!(
         "{}: trainable params: {} || all params: {} || trainable%: {:.4}",
@@ -138,8 +140,10 @@ pub fn run(args: TrainArgs) -> Result<()> {
     summary["device"] = json!(crate::device::describe(&device));
     if resume_from.is_none() {
         write_json(&run.summary(), &summary)?;
+        // Written last: its presence means the run's setup is complete and resumable.
         bert_model::fsutil::write_atomic(&run.config(), config.to_toml().as_bytes())?;
     }
+    created.keep();
 
     let batcher = ClassificationBatcher {
         pad_id: pretrained.tokenizer.pad_id(),
@@ -188,6 +192,8 @@ pub fn run(args: TrainArgs) -> Result<()> {
             .metric_train_numeric(ConfusionMetric::class_accuracy(i, label, n))
             .metric_valid_numeric(ConfusionMetric::class_accuracy(i, label, n));
     }
+    let [model_ckpt, optim_ckpt, scheduler_ckpt] =
+        crate::checkpoint::checkpointers(&run.checkpoints());
     let (select_name, direction) = match select {
         SelectMetric::MacroF1 => (ConfusionMetric::macro_f1(n).name(), Direction::Highest),
         SelectMetric::Accuracy => (AccuracyMetric::new().name(), Direction::Highest),
@@ -217,7 +223,7 @@ pub fn run(args: TrainArgs) -> Result<()> {
         .metric_train_numeric(LearningRateMetric::new())
         .metric_train_numeric(ThroughputMetric::default())
         .metric_valid_numeric(ThroughputMetric::default())
-        .with_default_checkpointers()
+        .with_custom_checkpointers(model_ckpt, optim_ckpt, scheduler_ckpt)
         .with_checkpointing_strategy(
             ComposedCheckpointingStrategy::builder()
                 .add(KeepLastNCheckpoints::new(1))
@@ -228,9 +234,13 @@ pub fn run(args: TrainArgs) -> Result<()> {
     if let Some(stop) = args.stop_after {
         training = training.early_stopping(StopAfterEpoch(stop));
     }
-    if let Some(epoch) = resume_from {
-        eprintln!("resuming after epoch {epoch} of {}", config.train.epochs);
-        training = training.checkpoint(epoch);
+    match resume_from {
+        Some(0) => eprintln!("resuming: no epoch had finished, starting epoch 1 again"),
+        Some(epoch) => {
+            eprintln!("resuming after epoch {epoch} of {}", config.train.epochs);
+            training = training.checkpoint(epoch);
+        }
+        None => {}
     }
 
     let result = training.launch(Learner::new(model, optim, schedule));
@@ -246,8 +256,13 @@ pub fn run(args: TrainArgs) -> Result<()> {
     let records = history.lock().expect("history lock").clone();
     let best = best_epoch(&records, select);
     let Some(best) = best else {
+        let why = error.map_or_else(
+            || "training stopped".to_string(),
+            |e| format!("training failed ({e})"),
+        );
         bail!(
-            "training stopped before finishing an epoch; nothing was saved in {}",
+            "{why} before finishing an epoch; start it again with `trainer train --resume \
+             --run-dir {}`",
             run.root.display()
         );
     };
@@ -286,8 +301,10 @@ pub fn run(args: TrainArgs) -> Result<()> {
         describe_valid(&best.valid)
     );
     if let Some(error) = &error {
+        let from = crate::checkpoint::last_complete(&run.checkpoints()).unwrap_or(0);
         bail!(
-            "training failed after epoch {last} ({error}); the best finished epoch was saved, continue with `trainer train --resume --run-dir {}`",
+            "training failed after epoch {last} ({error}); the best finished epoch was saved; \
+             `trainer train --resume --run-dir {}` continues after epoch {from}",
             run.root.display()
         );
     }
@@ -300,6 +317,66 @@ pub fn run(args: TrainArgs) -> Result<()> {
     }
     println!("{}", run.root.display());
     Ok(())
+}
+
+/// A fresh run may go into a directory that does not exist or is empty, or one left by a run
+/// killed while setting up (no config.toml, only the files setup writes), which is cleared.
+fn check_run_dir_free(dir: &Path) -> Result<()> {
+    const SETUP: [&str; 4] = ["labels.txt", "train.csv", "valid.csv", "summary.json"];
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Ok(());
+    };
+    let mut leftovers = Vec::new();
+    for entry in entries {
+        let entry = entry.with_context(|| format!("cannot list {}", dir.display()))?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        // A temp file of an interrupted atomic write starts with a dot.
+        if !(SETUP.contains(&name.as_str()) || name.starts_with('.')) {
+            let hint = if RunDir::new(dir).config().is_file() {
+                "continue it with --resume, or choose another --run-dir"
+            } else {
+                "choose another --run-dir"
+            };
+            bail!(
+                "{} already holds files ({name}, ...); {hint}",
+                dir.display()
+            );
+        }
+        leftovers.push(entry.path());
+    }
+    for path in leftovers {
+        std::fs::remove_file(&path).with_context(|| format!("cannot remove {}", path.display()))?;
+    }
+    Ok(())
+}
+
+/// The run directory a new run created, removed again unless [`CreatedDir::keep`] is called
+/// (a run that fails while setting up leaves nothing behind).
+struct CreatedDir {
+    path: Option<PathBuf>,
+}
+
+impl CreatedDir {
+    fn create(path: &Path, new_run: bool) -> Result<Self> {
+        let existed = path.exists();
+        std::fs::create_dir_all(path)
+            .with_context(|| format!("cannot create {}", path.display()))?;
+        Ok(Self {
+            path: (new_run && !existed).then(|| path.to_path_buf()),
+        })
+    }
+
+    fn keep(mut self) {
+        self.path = None;
+    }
+}
+
+impl Drop for CreatedDir {
+    fn drop(&mut self) {
+        if let Some(p) = &self.path {
+            let _ = std::fs::remove_dir_all(p);
+        }
+    }
 }
 
 /// Reads, labels, splits and tokenises the data of a new run, and writes the split and the
@@ -373,6 +450,18 @@ fn prepare(run: &RunDir, config: &TrainConfig, tokenizer: &BertTokenizer) -> Res
         .map(|(encoded, &label)| Example { encoded, label })
         .collect();
 
+    if train.is_empty() || valid.is_empty() {
+        let (which, path) = match &config.data.valid {
+            Some(v) if !train.is_empty() => ("validation", v.display().to_string()),
+            _ => ("training", config.data.train.display().to_string()),
+        };
+        bail!(
+            "{path}: no {which} rows ({} train / {} valid after dropping empty titles and \
+             splitting): a run needs at least one of each",
+            train.len(),
+            valid.len()
+        );
+    }
     labels.write(&run.labels())?;
     let header = [columns.text.as_str(), columns.label.as_str()];
     let train_records: Vec<Vec<&str>> = train_rows

@@ -1,0 +1,114 @@
+//! Helpers shared by the `trainer` integration tests: fixtures, running the binary, reading
+//! its outputs.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use serde_json::Value;
+
+pub fn fixtures() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures")
+}
+
+/// Runs `trainer` in `dir`, offline.
+pub fn trainer(dir: &Path, args: &[&str]) -> Output {
+    trainer_env(dir, args, &[])
+}
+
+pub fn trainer_env(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_trainer"));
+    cmd.args(args)
+        .current_dir(dir)
+        .env("HF_HUB_OFFLINE", "1")
+        .env("PIP_NO_INDEX", "1")
+        .env_remove("BURN_DEVICE")
+        .env_remove("TRAINER_API_KEY");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.output().unwrap()
+}
+
+/// Stdout of a successful run.
+pub fn ok(out: &Output) -> String {
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "failed: {stderr}");
+    String::from_utf8(out.stdout.clone()).unwrap()
+}
+
+/// The one stderr line `error: ...` of a failed run (exit 1, no panic), containing every
+/// `needle`.
+pub fn one_line_error(out: &Output, needles: &[&str]) -> String {
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(1), "expected exit 1: {stderr}");
+    let line = stderr
+        .lines()
+        .last()
+        .unwrap_or_else(|| panic!("no error line: {stderr}"));
+    assert!(line.starts_with("error: "), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    for n in needles {
+        assert!(line.contains(n), "missing `{n}` in: {line}");
+    }
+    line.to_string()
+}
+
+pub fn json(path: &Path) -> Value {
+    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+}
+
+/// 60 short Chinese titles, two classes, a label file, and a prefix-tuning recipe
+/// `tiny.toml` on the tiny fixture model (2 epochs, seconds).
+pub fn write_data(dir: &Path) {
+    let mut csv = String::from("title,label\n");
+    for i in 0..60 {
+        if i % 2 == 0 {
+            csv.push_str(&format!("\"你不会相信, 接下来发生了什么 {i}\",标题党\n"));
+        } else {
+            csv.push_str(&format!("国务院发布第{i}号通知,非标题党\n"));
+        }
+    }
+    std::fs::write(dir.join("zh.csv"), csv).unwrap();
+    std::fs::write(dir.join("labels.txt"), "标题党\n非标题党\n").unwrap();
+    let config = format!(
+        r#"name = "tiny"
+[model]
+source = "{}"
+max_length = 16
+[data]
+train = "zh.csv"
+labels = "labels.txt"
+[peft]
+method = "prefix-tuning"
+num_virtual_tokens = 4
+[train]
+epochs = 2
+batch_size = 8
+lr = 0.01
+"#,
+        fixtures().join("tiny-bert").display()
+    );
+    std::fs::write(dir.join("tiny.toml"), config).unwrap();
+}
+
+/// A copy of the tiny fixture model that a test may edit.
+pub fn copy_model(to: &Path) -> PathBuf {
+    std::fs::create_dir_all(to).unwrap();
+    for f in ["config.json", "model.safetensors", "tokenizer.json"] {
+        std::fs::copy(fixtures().join("tiny-bert").join(f), to.join(f)).unwrap();
+    }
+    to.to_path_buf()
+}
+
+/// A copy of a fixture peft adapter directory that a test may edit.
+pub fn copy_adapter(name: &str, to: &Path) -> PathBuf {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(fixtures().join(name)).unwrap() {
+        let entry = entry.unwrap();
+        if entry.file_type().unwrap().is_file() {
+            std::fs::copy(entry.path(), to.join(entry.file_name())).unwrap();
+        }
+    }
+    to.to_path_buf()
+}
