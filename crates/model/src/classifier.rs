@@ -9,7 +9,7 @@ use crate::bert::{BertExtras, BertInput, BertModel, BertPooler};
 use crate::config::BertConfig;
 use crate::dropout::{Dropout, DropoutConfig};
 use crate::error::{ModelError, Result};
-use crate::peft::{PeftConfig, PrefixEncoder, PromptEncoder};
+use crate::peft::{PeftConfig, PeftModule};
 
 /// A padded batch with its class indices.
 #[derive(Debug, Clone)]
@@ -30,10 +30,9 @@ pub struct ClassificationStep {
 #[derive(Module, Debug)]
 pub struct BertClassifier {
     pub bert: BertModel,
-    /// Prefix tuning's key/value prefixes (peft's `prompt_encoder` for `PREFIX_TUNING`).
-    pub prefix_encoder: Option<PrefixEncoder>,
-    /// Prompt tuning's or p-tuning's soft prompt (peft's `prompt_encoder` for those).
-    pub prompt_encoder: Option<PromptEncoder>,
+    /// The method's own module, if it has one (its parameters are named by its kind:
+    /// `prefix_encoder.*`, `prompt_encoder.*`).
+    pub peft: Option<PeftModule>,
     pub dropout: Dropout,
     pub classifier: Linear,
 }
@@ -41,8 +40,8 @@ pub struct BertClassifier {
 impl BertClassifier {
     /// Wraps a loaded BERT. `classifier` is a head from the checkpoint (a fine-tuned
     /// `BertForSequenceClassification`); without one, the head is initialised as HF does
-    /// (normal with std `initializer_range`, zero bias). Fails when LoRA's `target_modules`
-    /// name no linear of the model.
+    /// (normal with std `initializer_range`, zero bias). The method attaches itself (see
+    /// [`crate::peft::Method::attach`]); its settings are checked first.
     pub fn new(
         bert: BertModel,
         classifier: Option<Linear>,
@@ -74,27 +73,10 @@ impl BertClassifier {
         } else {
             bert
         };
-        let (mut prefix_encoder, mut prompt_encoder) = (None, None);
-        let bert = match peft {
-            PeftConfig::PrefixTuning(c) => {
-                prefix_encoder = Some(PrefixEncoder::new(c, config, device));
-                bert
-            }
-            PeftConfig::PromptTuning(c) => {
-                prompt_encoder = Some(PromptEncoder::prompt_tuning(c, config, device));
-                bert
-            }
-            PeftConfig::PTuning(c) => {
-                prompt_encoder = Some(PromptEncoder::p_tuning(c, config, device));
-                bert
-            }
-            PeftConfig::Lora(c) => with_lora(bert, c)?,
-            PeftConfig::Full(_) => bert,
-        };
+        let (bert, module) = peft.method().attach(bert, config, device)?;
         Ok(Self {
             bert,
-            prefix_encoder,
-            prompt_encoder,
+            peft: module,
             dropout: DropoutConfig::new(
                 config
                     .classifier_dropout
@@ -105,35 +87,11 @@ impl BertClassifier {
         })
     }
 
-    /// Folds LoRA updates into the base weights (a no-op for other methods): the same logits
-    /// without the extra low-rank matmuls, for inference.
-    pub fn merge_lora(self) -> Self {
+    /// Folds weight updates (LoRA's) into the base weights, a no-op for other methods: the
+    /// same logits without the extra matmuls, for inference and export.
+    pub fn merged(self) -> Self {
         Self {
             bert: self.bert.map_linears(|_, linear| linear.merge()),
-            ..self
-        }
-    }
-
-    /// Starts prompt tuning's soft prompt from the word embeddings of `token_ids` (peft's
-    /// `prompt_tuning_init = TEXT`; see [`crate::peft::prompt::init_token_ids`]).
-    pub fn init_prompt_from_tokens(self, token_ids: &[u32]) -> Self {
-        let Some(prompt) = self.prompt_encoder else {
-            return self;
-        };
-        let device = prompt.embedding.weight.device();
-        let ids: Vec<i64> = token_ids.iter().map(|&i| i as i64).collect();
-        let n = ids.len();
-        let ids = Tensor::<1, Int>::from_data(TensorData::new(ids, [n]), &device);
-        let words = self
-            .bert
-            .embeddings
-            .word_embeddings
-            .weight
-            .val()
-            .select(0, ids)
-            .detach();
-        Self {
-            prompt_encoder: Some(prompt.with_init_embeddings(words)),
             ..self
         }
     }
@@ -141,9 +99,9 @@ impl BertClassifier {
     /// Logits `[batch, num_labels]`.
     pub fn forward(&self, input: BertInput) -> Tensor<2> {
         let [batch, _] = input.input_ids.dims();
-        let extras = BertExtras {
-            prefix: self.prefix_encoder.as_ref().map(|p| p.forward(batch)),
-            prompt: self.prompt_encoder.as_ref().map(|p| p.forward(batch)),
+        let extras = match &self.peft {
+            Some(module) => module.extras(batch),
+            None => BertExtras::default(),
         };
         let pooled = self
             .bert
@@ -173,9 +131,7 @@ impl BertClassifier {
 
     /// Virtual tokens in front of the text (prompt embeddings or key/value prefixes).
     pub fn num_virtual_tokens(&self) -> usize {
-        let prefix = self.prefix_encoder.as_ref().map(|p| p.num_virtual_tokens());
-        let prompt = self.prompt_encoder.as_ref().map(|p| p.num_virtual_tokens());
-        prefix.or(prompt).unwrap_or(0)
+        self.peft.as_ref().map_or(0, PeftModule::num_virtual_tokens)
     }
 
     /// Checks that texts of up to `max_length` tokens fit the position table together with the
@@ -199,53 +155,6 @@ impl BertClassifier {
         }
         Ok(())
     }
-}
-
-/// Attaches LoRA updates to the linears `config.target_modules` names, as peft does; a target
-/// that matches nothing is an error (peft: "Target modules ... not found in the base model").
-fn with_lora(bert: BertModel, config: &crate::peft::LoraConfig) -> Result<BertModel> {
-    let mut matched = vec![false; config.target_modules.len()];
-    let mut too_wide = None;
-    let bert = bert.map_linears(|path, linear| {
-        let mut hit = false;
-        for (i, t) in config.target_modules.iter().enumerate() {
-            if crate::peft::lora::target_matches(t, path) {
-                matched[i] = true;
-                hit = true;
-            }
-        }
-        let [d_in, d_out] = linear.weight.dims();
-        if hit && config.r > d_in.min(d_out) {
-            too_wide.get_or_insert(format!(
-                "peft.r = {} exceeds the rank of {path} ({d_in} x {d_out}): a low-rank update \
-                 needs r <= {}",
-                config.r,
-                d_in.min(d_out)
-            ));
-            linear
-        } else if hit {
-            linear.with_lora(config)
-        } else {
-            linear
-        }
-    });
-    if let Some(message) = too_wide {
-        return Err(ModelError::Other(message));
-    }
-    let missing: Vec<&str> = config
-        .target_modules
-        .iter()
-        .zip(&matched)
-        .filter(|(_, m)| !**m)
-        .map(|(t, _)| t.as_str())
-        .collect();
-    if !missing.is_empty() {
-        return Err(ModelError::Other(format!(
-            "lora: target_modules {missing:?} match no linear of BERT (its linears: query, key, \
-             value, dense; or full paths like bert.encoder.layer.0.attention.self.query)"
-        )));
-    }
-    Ok(bert)
 }
 
 /// A linear layer initialised as HF's `BertPreTrainedModel._init_weights` does.

@@ -2,9 +2,9 @@
 //! (`config.json` + `model.safetensors` + the tokenizer files), which `transformers` loads with
 //! `from_pretrained` and no peft, and which this project loads back with `--model DIR`.
 //!
-//! Only methods that change BERT's own weights have this form: LoRA (merged into the
-//! targeted linears) and full fine-tuning. Prefix, prompt and p-tuning feed extra virtual
-//! tokens into the model, which a plain BERT has no place for: they stay peft adapters.
+//! Only methods that change BERT's own weights have this form (a method says why not in
+//! [`crate::peft::Method::export_refusal`]): weight updates are merged into the base weights,
+//! and methods that feed BERT extra virtual tokens stay peft adapters.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -13,6 +13,7 @@ use crate::classifier::BertClassifier;
 use crate::config::BertConfig;
 use crate::error::{ModelError, Result};
 use crate::params;
+use crate::peft::PeftConfig;
 use crate::weights::{RawTensor, write_safetensors};
 
 /// Weight file name, as `save_pretrained` writes it.
@@ -32,12 +33,13 @@ fn is_linear_weight(path: &str, shape: &[usize]) -> bool {
     shape.len() == 2 && path.ends_with(".weight") && !path.contains("embeddings.")
 }
 
-/// Writes `model` into `dir` as a HF sequence classifier with label names `labels`, the tokenizer
-/// files taken from `tokenizer_dir`. LoRA must be merged first
-/// ([`BertClassifier::merge_lora`]). Each file is written atomically.
+/// Writes `model` (trained with `peft`) into `dir` as a HF sequence classifier with label names
+/// `labels`, the tokenizer files taken from `tokenizer_dir`; weight updates are merged first
+/// ([`BertClassifier::merged`]). Each file is written atomically.
 pub fn write_hf_classifier(
     dir: &Path,
     model: &BertClassifier,
+    peft: &PeftConfig,
     bert: &BertConfig,
     labels: &[String],
     tokenizer_dir: &Path,
@@ -46,18 +48,15 @@ pub fn write_hf_classifier(
         path: dir.to_path_buf(),
         message: message.to_string(),
     };
-    if model.prefix_encoder.is_some() || model.prompt_encoder.is_some() {
+    if let Some(reason) = peft.method().export_refusal() {
+        return Err(refuse(reason));
+    }
+    if model.peft.is_some() {
         return Err(refuse(
-            "prefix, prompt and p-tuning add virtual tokens that a plain BERT cannot hold; \
-             use the run's peft adapter (runs/<name>/adapter) with PeftModel instead",
+            "the model has a module of its own beside BERT, which a plain BERT cannot hold",
         ));
     }
-    let tensors = params::collect(model, |_| true);
-    if let Some(key) = tensors.keys().find(|k| k.contains(".lora.")) {
-        return Err(refuse(&format!(
-            "`{key}`: LoRA is not merged (call merge_lora first)"
-        )));
-    }
+    let tensors = params::collect(&model.clone().merged(), |_| true);
     let hf: BTreeMap<String, RawTensor> = tensors
         .into_iter()
         .map(|(path, t)| {

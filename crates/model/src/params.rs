@@ -11,29 +11,68 @@ use burn::prelude::*;
 
 use crate::weights::RawTensor;
 
-struct PathStack(Vec<String>);
+/// A parameter's path as this project names it: module field names joined by dots. An enum
+/// module (one of several kinds, e.g. [`crate::peft::PeftModule`]) stands in its field's place
+/// under its variant's snake_case name, so `peft: Some(PeftModule::PrefixEncoder(..))` is
+/// `prefix_encoder.*`, as peft and the adapter files name it.
+#[derive(Debug, Default)]
+pub struct ModulePath {
+    segments: Vec<String>,
+    /// Per entered module: the field segment an enum variant replaced.
+    replaced: Vec<Option<String>>,
+}
 
-impl PathStack {
-    fn enter(&mut self, name: &str) {
-        self.0.push(name.to_string());
+impl ModulePath {
+    /// Call from [`ModuleVisitor::enter_module`] / [`ModuleMapper::enter_module`].
+    pub fn enter(&mut self, name: &str, container_type: &str) {
+        if container_type.starts_with("Enum:") {
+            let field = self.segments.pop();
+            self.segments.push(snake_case(name));
+            self.replaced.push(field);
+        } else {
+            self.segments.push(name.to_string());
+            self.replaced.push(None);
+        }
     }
-    fn exit(&mut self) {
-        self.0.pop();
+
+    /// Call from `exit_module`.
+    pub fn exit(&mut self) {
+        self.segments.pop();
+        if let Some(Some(field)) = self.replaced.pop() {
+            self.segments.push(field);
+        }
     }
-    fn path(&self) -> String {
-        self.0.join(".")
+
+    pub fn path(&self) -> String {
+        self.segments.join(".")
     }
 }
 
+/// `PrefixEncoder` -> `prefix_encoder`.
+fn snake_case(name: &str) -> String {
+    let mut out = String::new();
+    for (i, c) in name.chars().enumerate() {
+        if c.is_uppercase() {
+            if i > 0 {
+                out.push('_');
+            }
+            out.extend(c.to_lowercase());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
 struct Collector<'a, F> {
-    stack: PathStack,
+    stack: ModulePath,
     select: &'a F,
     out: BTreeMap<String, RawTensor>,
 }
 
 impl<F: Fn(&str) -> bool> ModuleVisitor for Collector<'_, F> {
-    fn enter_module(&mut self, name: &str, _container_type: &str) {
-        self.stack.enter(name);
+    fn enter_module(&mut self, name: &str, container_type: &str) {
+        self.stack.enter(name, container_type);
     }
     fn exit_module(&mut self, _name: &str, _container_type: &str) {
         self.stack.exit();
@@ -66,7 +105,7 @@ pub fn collect<M: Module>(
     select: impl Fn(&str) -> bool,
 ) -> BTreeMap<String, RawTensor> {
     let mut c = Collector {
-        stack: PathStack(Vec::new()),
+        stack: ModulePath::default(),
         select: &select,
         out: BTreeMap::new(),
     };
@@ -76,10 +115,10 @@ pub fn collect<M: Module>(
 
 /// Every float parameter path of `module` with its shape.
 pub fn shapes<M: Module>(module: &M) -> BTreeMap<String, Vec<usize>> {
-    struct Shapes(PathStack, BTreeMap<String, Vec<usize>>);
+    struct Shapes(ModulePath, BTreeMap<String, Vec<usize>>);
     impl ModuleVisitor for Shapes {
-        fn enter_module(&mut self, name: &str, _: &str) {
-            self.0.enter(name);
+        fn enter_module(&mut self, name: &str, container_type: &str) {
+            self.0.enter(name, container_type);
         }
         fn exit_module(&mut self, _: &str, _: &str) {
             self.0.exit();
@@ -89,21 +128,21 @@ pub fn shapes<M: Module>(module: &M) -> BTreeMap<String, Vec<usize>> {
                 .insert(self.0.path(), param.lazy_shape().dims::<D>().to_vec());
         }
     }
-    let mut s = Shapes(PathStack(Vec::new()), BTreeMap::new());
+    let mut s = Shapes(ModulePath::default(), BTreeMap::new());
     module.visit(&mut s);
     s.1
 }
 
 struct Loader<'a> {
-    stack: PathStack,
+    stack: ModulePath,
     tensors: &'a BTreeMap<String, RawTensor>,
     used: Vec<String>,
     problems: Vec<String>,
 }
 
 impl ModuleMapper for Loader<'_> {
-    fn enter_module(&mut self, name: &str, _container_type: &str) {
-        self.stack.enter(name);
+    fn enter_module(&mut self, name: &str, container_type: &str) {
+        self.stack.enter(name, container_type);
     }
     fn exit_module(&mut self, _name: &str, _container_type: &str) {
         self.stack.exit();
@@ -137,7 +176,7 @@ pub fn apply<M: Module>(
     tensors: &BTreeMap<String, RawTensor>,
 ) -> std::result::Result<M, String> {
     let mut loader = Loader {
-        stack: PathStack(Vec::new()),
+        stack: ModulePath::default(),
         tensors,
         used: Vec::new(),
         problems: Vec::new(),

@@ -119,7 +119,7 @@ fn peft_adapters_load_and_round_trip() {
         let written: Value =
             serde_json::from_str(&std::fs::read_to_string(out.join(adapter::CONFIG_FILE)).unwrap())
                 .unwrap();
-        assert_eq!(written["peft_type"], peft.peft_type().unwrap());
+        assert_eq!(written["peft_type"], peft.peft_type().unwrap().as_str());
         assert_eq!(written["task_type"], "SEQ_CLS");
         assert_eq!(written["token_dim"].as_u64().unwrap_or(32), 32);
     }
@@ -148,7 +148,7 @@ fn merged_lora_matches_unmerged() {
         let before = logits(&model, &exp, &device);
         let lora_tensors = params::collect(&model, |p| p.contains(".lora.")).len();
         assert!(lora_tensors >= 8, "{dir}: {lora_tensors}");
-        let merged = model.merge_lora();
+        let merged = model.merged();
         assert_eq!(params::collect(&merged, |p| p.contains(".lora.")).len(), 0);
         let diff = max_diff(&before, &logits(&merged, &exp, &device));
         assert!(diff < 1e-5, "{dir}: merging changed logits by {diff}");

@@ -11,7 +11,6 @@ use bert_model::bert::BertInput;
 use bert_model::classifier::{BertClassifier, ClassificationBatch};
 use bert_model::load::load_bert;
 use bert_model::params;
-use bert_model::peft::prompt::init_token_ids;
 use bert_model::peft::{PeftConfig, PromptTuningInit};
 use bert_model::weights::{Checkpoint, RawTensor};
 use burn::module::{ModuleVisitor, Param};
@@ -84,20 +83,20 @@ fn input(exp: &Value, device: &Device) -> BertInput {
 /// Gradients of the trainable parameters, by module path, in torch layout.
 struct GradCollector<'a> {
     grads: &'a Gradients,
-    stack: Vec<String>,
+    stack: params::ModulePath,
     out: BTreeMap<String, (Vec<usize>, Vec<f32>)>,
 }
 
 impl ModuleVisitor for GradCollector<'_> {
-    fn enter_module(&mut self, name: &str, _: &str) {
-        self.stack.push(name.to_string());
+    fn enter_module(&mut self, name: &str, container_type: &str) {
+        self.stack.enter(name, container_type);
     }
     fn exit_module(&mut self, _: &str, _: &str) {
-        self.stack.pop();
+        self.stack.exit();
     }
     fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
         if let Some(g) = param.val().grad(self.grads) {
-            let path = self.stack.join(".");
+            let path = self.stack.path();
             let linear = path.ends_with(".weight") && !path.contains("embedding");
             let g = if linear && D == 2 { g.transpose() } else { g };
             let shape = g.dims().to_vec();
@@ -162,12 +161,10 @@ fn one_training_step_matches_peft_for_every_method() {
         if let PeftConfig::PromptTuning(c) = &peft
             && c.prompt_tuning_init == PromptTuningInit::Text
         {
-            let text = c.prompt_tuning_init_text.as_deref().unwrap();
-            let ids = init_token_ids(
-                &tokenizer.encode(text).unwrap().input_ids,
-                c.num_virtual_tokens,
-            );
-            model = model.init_prompt_from_tokens(&ids);
+            model = peft
+                .method()
+                .init_with_tokenizer(model, &tokenizer)
+                .unwrap();
             let ours = params::collect(&model, |p| p == "prompt_encoder.embedding.weight");
             let key = "prompt_encoder.embedding.weight";
             let d = max_diff(&ours[key].data, &weights[key].data);
@@ -196,7 +193,7 @@ fn one_training_step_matches_peft_for_every_method() {
         let grads = step.loss.backward();
         let mut collector = GradCollector {
             grads: &grads,
-            stack: vec![],
+            stack: Default::default(),
             out: BTreeMap::new(),
         };
         model.visit(&mut collector);

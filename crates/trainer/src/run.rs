@@ -22,8 +22,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result, bail};
 use bert_data::LabelMap;
 use bert_model::classifier::BertClassifier;
-use bert_model::peft::prompt::init_token_ids;
-use bert_model::peft::{PeftConfig, PromptTuningInit};
+use bert_model::peft::PeftConfig;
 use bert_model::weights::Checkpoint;
 use bert_model::{BertTokenizer, Pretrained, params};
 use burn::prelude::*;
@@ -140,8 +139,8 @@ impl LoadedRun {
         let tensors = upgrade_keys(&config.peft, trained.tensors);
         let model = params::apply(model, &tensors)
             .map_err(|e| anyhow::anyhow!("{}: does not fit the model: {e}", adapter.display()))?
-            // Inference only from here: LoRA folded into the base weights costs nothing extra.
-            .merge_lora();
+            // Inference only from here: weight updates folded in cost nothing extra.
+            .merged();
         check_fits(&model, &pretrained.tokenizer)
             .with_context(|| format!("{}", run.config().display()))?;
         let threshold = match Threshold::read(&run.threshold())? {
@@ -205,7 +204,7 @@ impl LoadedRun {
         )?;
         let model = params::apply(model, &adapter.tensors)
             .map_err(|e| anyhow::anyhow!("{}: does not fit the model: {e}", adapter_dir.display()))?
-            .merge_lora();
+            .merged();
         check_fits(&model, &pretrained.tokenizer)
             .with_context(|| format!("{}", adapter_dir.display()))?;
         Ok(Self::without_run(
@@ -334,21 +333,10 @@ pub fn build_model(
         num_labels,
         device,
     )?;
-    if let PeftConfig::PromptTuning(c) = &config.peft
-        && c.prompt_tuning_init == PromptTuningInit::Text
-    {
-        let Some(text) = c
-            .prompt_tuning_init_text
-            .as_deref()
-            .filter(|t| !t.trim().is_empty())
-        else {
-            bail!("peft.prompt_tuning_init = \"text\" needs peft.prompt_tuning_init_text");
-        };
-        let ids = pretrained.tokenizer.encode(text)?.input_ids;
-        let ids = init_token_ids(&ids, c.num_virtual_tokens);
-        return Ok(model.init_prompt_from_tokens(&ids));
-    }
-    Ok(model)
+    Ok(config
+        .peft
+        .method()
+        .init_with_tokenizer(model, &pretrained.tokenizer)?)
 }
 
 /// (trainable, total) parameter counts.
@@ -441,22 +429,14 @@ pub fn metrics_json(values: &BTreeMap<String, f64>) -> serde_json::Value {
     out.into()
 }
 
-/// Runs written before the p-tuning/prompt-tuning work (stop 9) named the prefix encoder
-/// `prompt_encoder`; it is `prefix_encoder` now (`prompt_encoder` is prompt tuning's). Renamed
-/// on load so those runs keep working.
+/// Renames keys that an older version of the method named otherwise.
 fn upgrade_keys(
     peft: &PeftConfig,
     tensors: BTreeMap<String, bert_model::weights::RawTensor>,
 ) -> BTreeMap<String, bert_model::weights::RawTensor> {
-    if !matches!(peft, PeftConfig::PrefixTuning(_)) {
-        return tensors;
-    }
     tensors
         .into_iter()
-        .map(|(k, v)| match k.strip_prefix("prompt_encoder.") {
-            Some(rest) => (format!("prefix_encoder.{rest}"), v),
-            None => (k, v),
-        })
+        .map(|(k, v)| (peft.method().upgrade_key(&k).unwrap_or(k), v))
         .collect()
 }
 
@@ -470,24 +450,5 @@ mod tests {
         assert_eq!(thousands(578), "578");
         assert_eq!(thousands(697060), "697,060");
         assert_eq!(thousands(22713216), "22,713,216");
-    }
-
-    #[test]
-    fn prefix_runs_from_before_the_rename_still_load() {
-        let t = || bert_model::weights::RawTensor::new(vec![1], vec![0.0]);
-        let old: BTreeMap<_, _> = [
-            ("prompt_encoder.embedding.weight".to_string(), t()),
-            ("classifier.weight".to_string(), t()),
-        ]
-        .into();
-        let prefix = PeftConfig::PrefixTuning(Default::default());
-        let keys: Vec<String> = upgrade_keys(&prefix, old.clone()).into_keys().collect();
-        assert_eq!(
-            keys,
-            ["classifier.weight", "prefix_encoder.embedding.weight"]
-        );
-        // Prompt tuning's own `prompt_encoder` is left alone.
-        let prompt = PeftConfig::PromptTuning(Default::default());
-        assert_eq!(upgrade_keys(&prompt, old.clone()), old);
     }
 }

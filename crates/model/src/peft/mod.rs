@@ -1,40 +1,199 @@
-//! Parameter-efficient fine-tuning methods, laid out as HF peft lays them out so adapters can
-//! be exchanged with Python.
+//! Parameter-efficient fine-tuning methods, laid out as HF peft lays them out (one module per
+//! method, one registration line each) so adapters can be exchanged with Python.
+//!
+//! # Adding a method
+//!
+//! 1. A module here with the method's config type (serde, `deny_unknown_fields`, peft's key
+//!    names and defaults) implementing [`Method`]: its range checks, which parameters train,
+//!    how it attaches to BERT (its own [`PeftModule`] and/or changed BERT layers, initialised
+//!    as peft does), and both directions of peft's adapter format.
+//! 2. One line in the [`registry!`] call below. Its variant name is the TOML `method` (in
+//!    kebab-case) and, with `peft_type`, peft's `peft_type` (in SCREAMING_SNAKE_CASE).
+//! 3. A module of its own (a new kind of input to BERT) is a variant of [`PeftModule`], which
+//!    says what that module feeds the encoder ([`BertExtras`]).
+//!
+//! Everything else (training, checkpoints, adapters, export, serving) goes through the trait.
 
 pub mod adapter;
+pub mod full;
 pub mod lora;
-pub mod lstm;
 pub mod prefix;
 pub mod prompt;
 
+use std::collections::BTreeMap;
+
+use burn::prelude::*;
 use serde::{Deserialize, Serialize};
 
+use crate::bert::{BertExtras, BertModel};
+use crate::classifier::BertClassifier;
+use crate::config::BertConfig;
+use crate::error::Result;
+use crate::tokenizer::BertTokenizer;
+use crate::weights::RawTensor;
+
+pub use adapter::{AdapterFiles, AdapterParts};
+pub use full::FullConfig;
 pub use lora::{LoraConfig, LoraLinear};
 pub use prefix::{PrefixEncoder, PrefixTuningConfig};
 pub use prompt::{PromptEncoder, PromptEncoderConfig, PromptTuningConfig, PromptTuningInit};
 
-/// Which parameters train, and what is added to the frozen BERT for it.
-///
-/// In TOML: `method = "prefix-tuning"` plus the method's own keys in the same table.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "method", rename_all = "kebab-case")]
-pub enum PeftConfig {
-    /// peft's prefix tuning: per-layer key/value prefixes; BERT frozen.
-    PrefixTuning(PrefixTuningConfig),
-    /// peft's prompt tuning: trainable embeddings prepended to the input; BERT frozen.
-    PromptTuning(PromptTuningConfig),
-    /// peft's p-tuning: prepended embeddings produced by an MLP or an LSTM; BERT frozen.
-    PTuning(PromptEncoderConfig),
-    /// peft's LoRA: low-rank updates of the targeted linears; BERT frozen.
-    Lora(LoraConfig),
-    /// Full fine-tuning: every BERT weight trains (the reference's comparison row).
-    Full(FullConfig),
+/// What a PEFT method implements; its config type is the implementor.
+pub trait Method {
+    /// The name in logs and reports.
+    fn name(&self) -> &'static str;
+
+    /// Range and consistency checks; the message names the `peft.<key>` at fault.
+    fn validate(&self) -> std::result::Result<(), String>;
+
+    /// Tokens the method puts before the text (prompt embeddings, or key/value prefixes that
+    /// shift the text's positions by as many): they share BERT's position table with it.
+    fn num_virtual_tokens(&self) -> usize {
+        0
+    }
+
+    /// Whether the pretrained BERT stays frozen.
+    fn freezes_base(&self) -> bool {
+        true
+    }
+
+    /// Whether the parameter at this module path of a [`BertClassifier`] trains. By default
+    /// what is outside the pretrained BERT: the method's module and the head (peft's
+    /// `modules_to_save` for sequence classification).
+    fn is_trainable(&self, path: &str) -> bool {
+        !path.starts_with("bert.")
+    }
+
+    /// Adds the method to a pretrained BERT, initialised as peft initialises it: changed BERT
+    /// layers and/or a module of its own.
+    fn attach(
+        &self,
+        bert: BertModel,
+        config: &BertConfig,
+        device: &Device,
+    ) -> Result<(BertModel, Option<PeftModule>)>;
+
+    /// Initialisation that needs the tokenizer (prompt tuning's text init); after [`attach`].
+    ///
+    /// [`attach`]: Method::attach
+    fn init_with_tokenizer(
+        &self,
+        model: BertClassifier,
+        _tokenizer: &BertTokenizer,
+    ) -> Result<BertClassifier> {
+        Ok(model)
+    }
+
+    /// The current name of a trainable-parameter key written by an older version of this
+    /// project, when it was renamed.
+    fn upgrade_key(&self, _key: &str) -> Option<String> {
+        None
+    }
+
+    /// The trained model as peft adapter parts (tensors under peft's keys in torch layout,
+    /// `adapter_config.json` fields); `None` when the method has no peft adapter form.
+    fn write_adapter(
+        &self,
+        model: &BertClassifier,
+        bert: &BertConfig,
+        base: &str,
+    ) -> Result<Option<AdapterParts>>;
+
+    /// Reads a peft adapter of this method's `peft_type`: the config to build the classifier
+    /// with and its parameters by module path (Burn layout), head included.
+    fn read_adapter(files: &AdapterFiles, bert: &BertConfig) -> Result<(PeftConfig, Tensors)>
+    where
+        Self: Sized;
+
+    /// Why the trained model has no plain `BertForSequenceClassification` form, if it has not.
+    fn export_refusal(&self) -> Option<&'static str> {
+        None
+    }
 }
 
-/// Full fine-tuning has no settings of its own; the struct exists so unknown keys are refused.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct FullConfig {}
+/// Parameters by module path.
+pub type Tensors = BTreeMap<String, RawTensor>;
+
+/// The registry: one line per method. Generates [`PeftConfig`] (the `[peft]` table, tagged by
+/// `method`), [`PeftType`] (peft's `peft_type` of the methods that have an adapter form), and
+/// the dispatch from either to the method.
+macro_rules! registry {
+    ($( $(#[$doc:meta])* $variant:ident($config:ty) $(, peft_type = $peft_type:literal)?; )*) => {
+        /// Which parameters train, and what is added to the frozen BERT for it.
+        ///
+        /// In TOML: `method = "prefix-tuning"` plus the method's own keys in the same table.
+        #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+        #[serde(tag = "method", rename_all = "kebab-case")]
+        pub enum PeftConfig {
+            $( $(#[$doc])* $variant($config), )*
+        }
+
+        impl PeftConfig {
+            /// The method behind this config.
+            pub fn method(&self) -> &dyn Method {
+                match self {
+                    $( Self::$variant(c) => c, )*
+                }
+            }
+
+            /// peft's `peft_type`, or `None` for a method without an adapter form.
+            pub fn peft_type(&self) -> Option<PeftType> {
+                match self {
+                    $( Self::$variant(_) => registry!(@type $variant $($peft_type)?), )*
+                }
+            }
+        }
+
+        /// peft's `peft_type` in `adapter_config.json`.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+        pub enum PeftType {
+            $( $( #[doc = $peft_type] $variant, )? )*
+        }
+
+        impl PeftType {
+            pub const ALL: &'static [PeftType] = &[ $( $( registry!(@variant $variant $peft_type), )? )* ];
+
+            /// peft's spelling.
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $( $( Self::$variant => $peft_type, )? )*
+                }
+            }
+
+            pub fn parse(s: &str) -> Option<Self> {
+                Self::ALL.iter().copied().find(|t| t.as_str() == s)
+            }
+
+            /// Reads an adapter of this type (see [`Method::read_adapter`]).
+            pub fn read_adapter(
+                self,
+                files: &AdapterFiles,
+                bert: &BertConfig,
+            ) -> Result<(PeftConfig, Tensors)> {
+                match self {
+                    $( $( Self::$variant => registry!(@read $config, $peft_type)(files, bert), )? )*
+                }
+            }
+        }
+    };
+    (@type $variant:ident $peft_type:literal) => { Some(PeftType::$variant) };
+    (@type $variant:ident) => { None };
+    (@variant $variant:ident $peft_type:literal) => { PeftType::$variant };
+    (@read $config:ty, $peft_type:literal) => { <$config as Method>::read_adapter };
+}
+
+registry! {
+    /// peft's prefix tuning: per-layer key/value prefixes; BERT frozen.
+    PrefixTuning(PrefixTuningConfig), peft_type = "PREFIX_TUNING";
+    /// peft's prompt tuning: trainable embeddings prepended to the input; BERT frozen.
+    PromptTuning(PromptTuningConfig), peft_type = "PROMPT_TUNING";
+    /// peft's p-tuning: prepended embeddings produced by an MLP or an LSTM; BERT frozen.
+    PTuning(PromptEncoderConfig), peft_type = "P_TUNING";
+    /// peft's LoRA: low-rank updates of the targeted linears; BERT frozen.
+    Lora(LoraConfig), peft_type = "LORA";
+    /// Full fine-tuning: every BERT weight trains (the reference's comparison row).
+    Full(FullConfig);
+}
 
 impl Default for PeftConfig {
     fn default() -> Self {
@@ -42,120 +201,114 @@ impl Default for PeftConfig {
     }
 }
 
+impl std::fmt::Display for PeftType {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 impl PeftConfig {
-    /// The name used in configs and reports.
+    /// The name used in logs and reports.
     pub fn name(&self) -> &'static str {
-        match self {
-            Self::PrefixTuning(c) if c.prefix_projection => "prefix-tuning (projection)",
-            Self::PrefixTuning(_) => "prefix-tuning",
-            Self::PromptTuning(_) => "prompt-tuning",
-            Self::PTuning(_) => "p-tuning",
-            Self::Lora(_) => "lora",
-            Self::Full(_) => "full",
-        }
+        self.method().name()
     }
 
-    /// Whether the parameter at module path `path` of a
-    /// [`BertClassifier`](crate::classifier::BertClassifier) trains under this method. In every
-    /// PEFT method the head trains too (peft's `modules_to_save` for sequence classification),
-    /// and everything outside the pretrained BERT is the method's own.
+    /// See [`Method::is_trainable`].
     pub fn is_trainable(&self, path: &str) -> bool {
+        self.method().is_trainable(path)
+    }
+
+    /// See [`Method::freezes_base`].
+    pub fn freezes_base(&self) -> bool {
+        self.method().freezes_base()
+    }
+
+    /// See [`Method::num_virtual_tokens`].
+    pub fn num_virtual_tokens(&self) -> usize {
+        self.method().num_virtual_tokens()
+    }
+
+    /// See [`Method::validate`].
+    pub fn validate(&self) -> std::result::Result<(), String> {
+        self.method().validate()
+    }
+}
+
+/// A method's own module beside BERT: one variant per kind of input it gives the encoder.
+/// In parameter paths it stands in its field's place under its variant's snake_case name
+/// (`prefix_encoder.embedding.weight`), as peft and older runs name it (see
+/// [`crate::params`]).
+// One per model: the size difference between variants costs nothing worth a box.
+#[allow(clippy::large_enum_variant)]
+#[derive(Module, Debug)]
+pub enum PeftModule {
+    /// Key/value prefixes for every layer's attention (prefix tuning).
+    PrefixEncoder(PrefixEncoder),
+    /// Embeddings prepended to the input (prompt tuning, p-tuning).
+    PromptEncoder(PromptEncoder),
+}
+
+impl PeftModule {
+    /// What the module feeds the encoder for a batch.
+    pub fn extras(&self, batch: usize) -> BertExtras {
         match self {
-            Self::Full(_) => true,
-            Self::Lora(_) => !path.starts_with("bert.") || path.contains(".lora."),
-            _ => !path.starts_with("bert."),
+            Self::PrefixEncoder(p) => BertExtras {
+                prefix: Some(p.forward(batch)),
+                prompt: None,
+            },
+            Self::PromptEncoder(p) => BertExtras {
+                prefix: None,
+                prompt: Some(p.forward(batch)),
+            },
         }
     }
 
-    /// Tokens the method puts before the text: prompt embeddings, or prefix keys/values (which
-    /// shift the text's positions by as many). They share the model's position table with it.
     pub fn num_virtual_tokens(&self) -> usize {
         match self {
-            Self::PrefixTuning(c) => c.num_virtual_tokens,
-            Self::PromptTuning(c) => c.num_virtual_tokens,
-            Self::PTuning(c) => c.num_virtual_tokens,
-            Self::Lora(_) | Self::Full(_) => 0,
+            Self::PrefixEncoder(p) => p.num_virtual_tokens(),
+            Self::PromptEncoder(p) => p.num_virtual_tokens(),
         }
     }
+}
 
-    /// Checks every setting's range; the message names the `peft.<key>` at fault.
-    pub fn validate(&self) -> Result<(), String> {
-        let positive = |key: &str, v: usize| {
-            if v == 0 {
-                Err(format!("peft.{key} must be at least 1"))
-            } else {
-                Ok(())
-            }
-        };
-        let dropout = |key: &str, p: f64| {
-            if (0.0..1.0).contains(&p) {
-                Ok(())
-            } else {
-                Err(format!("peft.{key} must be in [0, 1), got {p}"))
-            }
-        };
-        match self {
-            Self::PrefixTuning(c) => {
-                positive("num_virtual_tokens", c.num_virtual_tokens)?;
-                if c.prefix_projection {
-                    positive("encoder_hidden_size", c.encoder_hidden_size)?;
-                }
-            }
-            Self::PromptTuning(c) => positive("num_virtual_tokens", c.num_virtual_tokens)?,
-            Self::PTuning(c) => {
-                positive("num_virtual_tokens", c.num_virtual_tokens)?;
-                positive("encoder_hidden_size", c.encoder_hidden_size)?;
-                match c.encoder_reparameterization_type {
-                    prompt::Reparameterization::Lstm => {
-                        positive("encoder_num_layers", c.encoder_num_layers)?;
-                        dropout("encoder_dropout", c.encoder_dropout)?;
-                    }
-                    prompt::Reparameterization::Mlp => {
-                        let default = PromptEncoderConfig::default();
-                        if c.encoder_num_layers != default.encoder_num_layers
-                            || c.encoder_dropout != default.encoder_dropout
-                        {
-                            return Err("peft.encoder_num_layers and peft.encoder_dropout apply \
-                                 to encoder_reparameterization_type = \"lstm\" only (the MLP \
-                                 has a fixed 3 layers)"
-                                .into());
-                        }
-                    }
-                }
-            }
-            Self::Lora(c) => {
-                positive("r", c.r)?;
-                if !(c.lora_alpha.is_finite() && c.lora_alpha > 0.0) {
-                    return Err(format!(
-                        "peft.lora_alpha must be finite and positive, got {}",
-                        c.lora_alpha
-                    ));
-                }
-                dropout("lora_dropout", c.lora_dropout)?;
-                if c.target_modules.is_empty() {
-                    return Err("peft.target_modules must name at least one module \
-                         (e.g. [\"query\", \"value\"])"
-                        .into());
-                }
-            }
-            Self::Full(_) => {}
-        }
+/// Why the methods that add virtual tokens have no plain-BERT export.
+pub(crate) const VIRTUAL_TOKENS_CANNOT_EXPORT: &str = "prefix, prompt and p-tuning add virtual \
+     tokens that a plain BERT cannot hold; use the run's peft adapter (runs/<name>/adapter) with \
+     PeftModel instead";
+
+/// A `[peft]` range check: at least 1.
+pub(crate) fn positive(key: &str, v: usize) -> std::result::Result<(), String> {
+    if v == 0 {
+        Err(format!("peft.{key} must be at least 1"))
+    } else {
         Ok(())
     }
+}
 
-    /// Whether the pretrained BERT weights stay frozen.
-    pub fn freezes_base(&self) -> bool {
-        !matches!(self, Self::Full(_))
+/// A `[peft]` range check: a dropout probability.
+pub(crate) fn probability(key: &str, p: f64) -> std::result::Result<(), String> {
+    if (0.0..1.0).contains(&p) {
+        Ok(())
+    } else {
+        Err(format!("peft.{key} must be in [0, 1), got {p}"))
     }
+}
 
-    /// peft's `peft_type`, or `None` for full fine-tuning (no adapter form).
-    pub fn peft_type(&self) -> Option<&'static str> {
-        match self {
-            Self::PrefixTuning(_) => Some("PREFIX_TUNING"),
-            Self::PromptTuning(_) => Some("PROMPT_TUNING"),
-            Self::PTuning(_) => Some("P_TUNING"),
-            Self::Lora(_) => Some("LORA"),
-            Self::Full(_) => None,
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn peft_types_round_trip_their_spelling() {
+        let names: Vec<&str> = PeftType::ALL.iter().map(|t| t.as_str()).collect();
+        assert_eq!(
+            names,
+            ["PREFIX_TUNING", "PROMPT_TUNING", "P_TUNING", "LORA"]
+        );
+        for t in PeftType::ALL {
+            assert_eq!(PeftType::parse(t.as_str()), Some(*t));
         }
+        assert_eq!(PeftType::parse("IA3"), None);
+        assert_eq!(PeftConfig::Full(FullConfig {}).peft_type(), None);
     }
 }

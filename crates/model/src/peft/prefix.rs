@@ -10,8 +10,15 @@ use burn::nn::{Embedding, EmbeddingConfig, Linear, LinearConfig};
 use burn::prelude::*;
 use serde::{Deserialize, Serialize};
 
-use crate::bert::LayerPrefix;
+use super::adapter::{HEAD_PREFIX, host, virtual_token_fields};
+use super::{
+    AdapterFiles, AdapterParts, Method, PeftConfig, PeftModule, Tensors,
+    VIRTUAL_TOKENS_CANNOT_EXPORT, positive,
+};
+use crate::bert::{BertModel, LayerPrefix};
+use crate::classifier::BertClassifier;
 use crate::config::BertConfig;
+use crate::error::{ModelError, Result};
 
 /// peft's `PrefixTuningConfig`, with the reference recipe's values as defaults.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -48,6 +55,86 @@ impl PrefixTuningConfig {
         self.prefix_projection = on;
         self.encoder_hidden_size = encoder_hidden_size;
         self
+    }
+}
+
+impl Method for PrefixTuningConfig {
+    fn name(&self) -> &'static str {
+        if self.prefix_projection {
+            "prefix-tuning (projection)"
+        } else {
+            "prefix-tuning"
+        }
+    }
+
+    fn validate(&self) -> std::result::Result<(), String> {
+        positive("num_virtual_tokens", self.num_virtual_tokens)?;
+        if self.prefix_projection {
+            positive("encoder_hidden_size", self.encoder_hidden_size)?;
+        }
+        Ok(())
+    }
+
+    fn num_virtual_tokens(&self) -> usize {
+        self.num_virtual_tokens
+    }
+
+    fn attach(
+        &self,
+        bert: BertModel,
+        config: &BertConfig,
+        device: &Device,
+    ) -> Result<(BertModel, Option<PeftModule>)> {
+        let encoder = PrefixEncoder::new(self, config, device);
+        Ok((bert, Some(PeftModule::PrefixEncoder(encoder))))
+    }
+
+    /// Runs written before p-tuning and prompt tuning existed named the prefix encoder
+    /// `prompt_encoder` (now prompt tuning's).
+    fn upgrade_key(&self, key: &str) -> Option<String> {
+        key.strip_prefix("prompt_encoder.")
+            .map(|rest| format!("prefix_encoder.{rest}"))
+    }
+
+    fn write_adapter(
+        &self,
+        model: &BertClassifier,
+        bert: &BertConfig,
+        _base: &str,
+    ) -> Result<Option<AdapterParts>> {
+        let Some(PeftModule::PrefixEncoder(encoder)) = &model.peft else {
+            return Err(ModelError::Other("the model has no prefix encoder".into()));
+        };
+        let mut tensors = Tensors::new();
+        tensors.insert(
+            super::adapter::PROMPT.into(),
+            host(encoder.prefix_embeddings())?,
+        );
+        let mut fields = virtual_token_fields(self.num_virtual_tokens, bert);
+        fields.insert(
+            "encoder_hidden_size".into(),
+            self.encoder_hidden_size.into(),
+        );
+        fields.insert("prefix_projection".into(), self.prefix_projection.into());
+        Ok(Some(AdapterParts {
+            tensors,
+            fields,
+            head_prefix: HEAD_PREFIX,
+        }))
+    }
+
+    /// peft saves the prefix after the projection MLP: it loads as a plain prefix embedding.
+    fn read_adapter(files: &AdapterFiles, bert: &BertConfig) -> Result<(PeftConfig, Tensors)> {
+        let (mut tensors, rest) = files.split_head(HEAD_PREFIX, bert)?;
+        let width = bert.num_hidden_layers * 2 * bert.hidden_size;
+        let (prompt, n) = files.prompt(&rest, width)?;
+        tensors.insert("prefix_encoder.embedding.weight".into(), prompt);
+        let config = PrefixTuningConfig::new().with_num_virtual_tokens(n);
+        Ok((PeftConfig::PrefixTuning(config), tensors))
+    }
+
+    fn export_refusal(&self) -> Option<&'static str> {
+        Some(VIRTUAL_TOKENS_CANNOT_EXPORT)
     }
 }
 
@@ -135,5 +222,25 @@ impl PrefixEncoder {
                 }
             })
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prefix_runs_from_before_the_rename_still_load() {
+        let prefix = PrefixTuningConfig::default();
+        assert_eq!(
+            prefix
+                .upgrade_key("prompt_encoder.embedding.weight")
+                .as_deref(),
+            Some("prefix_encoder.embedding.weight")
+        );
+        assert_eq!(prefix.upgrade_key("classifier.weight"), None);
+        // Prompt tuning's own `prompt_encoder` is left alone.
+        let prompt = crate::peft::PromptTuningConfig::default();
+        assert_eq!(prompt.upgrade_key("prompt_encoder.embedding.weight"), None);
     }
 }

@@ -35,7 +35,14 @@ pub fn run(args: ExportArgs) -> Result<()> {
     let base = ModelSource::parse(&run.config.model.source)?.resolve()?;
     let bert = BertConfig::from_file(&base.config)?;
     write_dir_atomically(&args.output, |tmp| {
-        write_hf_classifier(tmp, &run.model, &bert, run.labels.names(), &base.dir)?;
+        write_hf_classifier(
+            tmp,
+            &run.model,
+            &run.config.peft,
+            &bert,
+            run.labels.names(),
+            &base.dir,
+        )?;
         Ok(())
     })?;
     eprintln!(

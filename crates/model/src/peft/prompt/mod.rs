@@ -9,13 +9,24 @@
 //! bidirectional LSTM followed by Linear-ReLU-Linear (`"LSTM"`). peft saves both as the final
 //! vectors (`prompt_embeddings`), which load here as a plain prompt.
 
+pub mod lstm;
+
 use burn::nn::{Embedding, EmbeddingConfig, Linear, LinearConfig};
 use burn::prelude::*;
 use burn::tensor::activation::relu;
 use serde::{Deserialize, Serialize};
 
-use super::lstm::BiLstm;
+use super::adapter::{HEAD_PREFIX, PROMPT, host, virtual_token_fields};
+use super::{
+    AdapterFiles, AdapterParts, Method, PeftConfig, PeftModule, Tensors,
+    VIRTUAL_TOKENS_CANNOT_EXPORT, positive, probability,
+};
+use crate::bert::BertModel;
+use crate::classifier::BertClassifier;
 use crate::config::BertConfig;
+use crate::error::{ModelError, Result};
+use crate::tokenizer::BertTokenizer;
+use lstm::BiLstm;
 
 /// How prompt tuning's vectors start (peft's `PromptTuningInit`).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -46,6 +57,137 @@ impl Default for PromptTuningConfig {
             prompt_tuning_init_text: None,
         }
     }
+}
+
+impl Method for PromptTuningConfig {
+    fn name(&self) -> &'static str {
+        "prompt-tuning"
+    }
+
+    fn validate(&self) -> std::result::Result<(), String> {
+        positive("num_virtual_tokens", self.num_virtual_tokens)?;
+        let has_text = self
+            .prompt_tuning_init_text
+            .as_deref()
+            .is_some_and(|t| !t.trim().is_empty());
+        if self.prompt_tuning_init == PromptTuningInit::Text && !has_text {
+            return Err(
+                "peft.prompt_tuning_init = \"text\" needs peft.prompt_tuning_init_text".into(),
+            );
+        }
+        Ok(())
+    }
+
+    fn num_virtual_tokens(&self) -> usize {
+        self.num_virtual_tokens
+    }
+
+    fn attach(
+        &self,
+        bert: BertModel,
+        config: &BertConfig,
+        device: &Device,
+    ) -> Result<(BertModel, Option<PeftModule>)> {
+        let encoder = PromptEncoder::prompt_tuning(self, config, device);
+        Ok((bert, Some(PeftModule::PromptEncoder(encoder))))
+    }
+
+    /// Text init: the prompt starts as the word embeddings of the phrase's tokens, chosen as
+    /// peft chooses them ([`init_token_ids`]).
+    fn init_with_tokenizer(
+        &self,
+        model: BertClassifier,
+        tokenizer: &BertTokenizer,
+    ) -> Result<BertClassifier> {
+        let (PromptTuningInit::Text, Some(text)) = (
+            self.prompt_tuning_init,
+            self.prompt_tuning_init_text.as_deref(),
+        ) else {
+            return Ok(model);
+        };
+        let ids = init_token_ids(&tokenizer.encode(text)?.input_ids, self.num_virtual_tokens);
+        let Some(PeftModule::PromptEncoder(prompt)) = model.peft else {
+            return Err(ModelError::Other("the model has no prompt encoder".into()));
+        };
+        let device = prompt.embedding.weight.device();
+        let ids: Vec<i64> = ids.iter().map(|&i| i as i64).collect();
+        let n = ids.len();
+        let ids = Tensor::<1, Int>::from_data(TensorData::new(ids, [n]), &device);
+        let words = model
+            .bert
+            .embeddings
+            .word_embeddings
+            .weight
+            .val()
+            .select(0, ids)
+            .detach();
+        Ok(BertClassifier {
+            peft: Some(PeftModule::PromptEncoder(
+                prompt.with_init_embeddings(words),
+            )),
+            ..model
+        })
+    }
+
+    fn write_adapter(
+        &self,
+        model: &BertClassifier,
+        bert: &BertConfig,
+        base: &str,
+    ) -> Result<Option<AdapterParts>> {
+        let mut parts = prompt_parts(model, self.num_virtual_tokens, bert)?;
+        let text = self.prompt_tuning_init == PromptTuningInit::Text;
+        let f = &mut parts.fields;
+        f.insert(
+            "prompt_tuning_init".into(),
+            if text { "TEXT" } else { "RANDOM" }.into(),
+        );
+        f.insert(
+            "prompt_tuning_init_text".into(),
+            self.prompt_tuning_init_text.clone().into(),
+        );
+        f.insert(
+            "tokenizer_name_or_path".into(),
+            if text {
+                base.into()
+            } else {
+                serde_json::Value::Null
+            },
+        );
+        f.insert("tokenizer_kwargs".into(), serde_json::Value::Null);
+        Ok(Some(parts))
+    }
+
+    /// Prompt tuning and p-tuning (MLP or LSTM) alike: peft saves the final vectors, which load
+    /// as a plain prompt.
+    fn read_adapter(files: &AdapterFiles, bert: &BertConfig) -> Result<(PeftConfig, Tensors)> {
+        let (mut tensors, rest) = files.split_head(HEAD_PREFIX, bert)?;
+        let (prompt, n) = files.prompt(&rest, bert.hidden_size)?;
+        tensors.insert("prompt_encoder.embedding.weight".into(), prompt);
+        let config = PromptTuningConfig {
+            num_virtual_tokens: n,
+            ..Default::default()
+        };
+        Ok((PeftConfig::PromptTuning(config), tensors))
+    }
+
+    fn export_refusal(&self) -> Option<&'static str> {
+        Some(VIRTUAL_TOKENS_CANNOT_EXPORT)
+    }
+}
+
+/// The soft prompt as peft saves it, with prompt learning's config fields.
+fn prompt_parts(model: &BertClassifier, n: usize, bert: &BertConfig) -> Result<AdapterParts> {
+    let Some(PeftModule::PromptEncoder(encoder)) = &model.peft else {
+        return Err(ModelError::Other("the model has no prompt encoder".into()));
+    };
+    let mut tensors = Tensors::new();
+    tensors.insert(PROMPT.into(), host(encoder.prompt_embeddings())?);
+    Ok(AdapterParts {
+        tensors,
+        fields: virtual_token_fields(n, bert),
+        head_prefix: HEAD_PREFIX,
+    })
 }
 
 /// The reparameterisation of p-tuning (peft's `PromptEncoderReparameterizationType`).
@@ -93,6 +235,82 @@ impl Default for PromptEncoderConfig {
             encoder_num_layers: 2,
             encoder_dropout: 0.0,
         }
+    }
+}
+
+impl Method for PromptEncoderConfig {
+    fn name(&self) -> &'static str {
+        "p-tuning"
+    }
+
+    /// The LSTM's own keys mean nothing to the MLP, so setting them there is refused rather
+    /// than ignored (peft only warns).
+    fn validate(&self) -> std::result::Result<(), String> {
+        positive("num_virtual_tokens", self.num_virtual_tokens)?;
+        positive("encoder_hidden_size", self.encoder_hidden_size)?;
+        match self.encoder_reparameterization_type {
+            Reparameterization::Lstm => {
+                positive("encoder_num_layers", self.encoder_num_layers)?;
+                probability("encoder_dropout", self.encoder_dropout)?;
+            }
+            Reparameterization::Mlp => {
+                let default = Self::default();
+                if self.encoder_num_layers != default.encoder_num_layers
+                    || self.encoder_dropout != default.encoder_dropout
+                {
+                    return Err("peft.encoder_num_layers and peft.encoder_dropout apply to \
+                         encoder_reparameterization_type = \"lstm\" only (the MLP has a fixed \
+                         3 layers)"
+                        .into());
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn num_virtual_tokens(&self) -> usize {
+        self.num_virtual_tokens
+    }
+
+    fn attach(
+        &self,
+        bert: BertModel,
+        config: &BertConfig,
+        device: &Device,
+    ) -> Result<(BertModel, Option<PeftModule>)> {
+        let encoder = PromptEncoder::p_tuning(self, config, device);
+        Ok((bert, Some(PeftModule::PromptEncoder(encoder))))
+    }
+
+    fn write_adapter(
+        &self,
+        model: &BertClassifier,
+        bert: &BertConfig,
+        _base: &str,
+    ) -> Result<Option<AdapterParts>> {
+        let mut parts = prompt_parts(model, self.num_virtual_tokens, bert)?;
+        let f = &mut parts.fields;
+        f.insert(
+            "encoder_hidden_size".into(),
+            self.encoder_hidden_size.into(),
+        );
+        f.insert("encoder_num_layers".into(), self.encoder_num_layers.into());
+        f.insert(
+            "encoder_reparameterization_type".into(),
+            self.encoder_reparameterization_type.peft_name().into(),
+        );
+        f.insert("encoder_dropout".into(), self.encoder_dropout.into());
+        Ok(Some(parts))
+    }
+
+    /// peft saves p-tuning's final vectors (in inference mode it rebuilds the encoder as a
+    /// plain embedding of them): they load as a plain prompt, whatever the encoder.
+    fn read_adapter(files: &AdapterFiles, bert: &BertConfig) -> Result<(PeftConfig, Tensors)> {
+        PromptTuningConfig::read_adapter(files, bert)
+    }
+
+    fn export_refusal(&self) -> Option<&'static str> {
+        Some(VIRTUAL_TOKENS_CANNOT_EXPORT)
     }
 }
 
