@@ -171,7 +171,7 @@ pub fn device() -> Device {
 /// Human-readable name of the device, for logs and benchmark records.
 pub fn describe(device: &Device) -> String {
     match SELECTED.get() {
-        Some((spec, d)) if d == device => format!("{spec} ({device:?})"),
+        Some((spec, d)) if d == device => format!("{spec} ({d:?})"),
         _ => format!("{device:?}"),
     }
 }

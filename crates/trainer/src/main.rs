@@ -4,6 +4,7 @@
 //! `cuda`); `--device` or `BURN_DEVICE` picks among the compiled ones at run time.
 
 mod checkpoint;
+mod classifier;
 mod commands;
 mod config;
 mod device;
@@ -13,6 +14,7 @@ mod renderer;
 mod run;
 mod schedule;
 mod threshold;
+mod training;
 
 use std::process::ExitCode;
 

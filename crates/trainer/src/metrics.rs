@@ -125,6 +125,104 @@ enum Readout {
     MacroF1,
 }
 
+/// A metric of a training run, typed: the Learner's metrics are named by it, `metrics.json`
+/// keys and values come from it, the renderers format by it, and the best epoch is chosen by
+/// it. Serialised (in `metrics.json`'s `raw` records) as its dashboard name.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum MetricKey {
+    Loss,
+    Accuracy,
+    MacroF1,
+    /// Accuracy on the items of one true class (by label).
+    ClassAccuracy(String),
+    LearningRate,
+    Throughput,
+}
+
+impl MetricKey {
+    /// Every metric of a run with these labels, in dashboard order.
+    pub fn all(labels: &[String]) -> Vec<MetricKey> {
+        let mut keys = vec![Self::Loss, Self::Accuracy, Self::MacroF1];
+        keys.extend(labels.iter().map(|l| Self::ClassAccuracy(metric_label(l))));
+        keys.extend([Self::LearningRate, Self::Throughput]);
+        keys
+    }
+
+    /// The name on the dashboard, which is the Burn metric's name.
+    pub fn display(&self) -> String {
+        match self {
+            Self::Loss => "Loss".into(),
+            Self::Accuracy => "Accuracy".into(),
+            Self::MacroF1 => "Macro F1".into(),
+            Self::ClassAccuracy(label) => format!("Accuracy {label}"),
+            Self::LearningRate => "Learning Rate".into(),
+            Self::Throughput => "Throughput".into(),
+        }
+    }
+
+    /// Percentages on the dashboard, fractions in `metrics.json`.
+    pub fn is_percent(&self) -> bool {
+        matches!(
+            self,
+            Self::Accuracy | Self::MacroF1 | Self::ClassAccuracy(_)
+        )
+    }
+
+    /// A value as the plain progress lines and the end-of-run summary show it.
+    pub fn format(&self, v: f64) -> String {
+        match self {
+            Self::Loss => format!("{v:.4}"),
+            Self::LearningRate => format!("{v:.2e}"),
+            Self::Throughput => format!("{v:.1} samples/s"),
+            _ => format!("{v:.2} %"),
+        }
+    }
+}
+
+impl From<crate::config::SelectMetric> for MetricKey {
+    fn from(select: crate::config::SelectMetric) -> Self {
+        match select {
+            crate::config::SelectMetric::MacroF1 => Self::MacroF1,
+            crate::config::SelectMetric::Accuracy => Self::Accuracy,
+            crate::config::SelectMetric::Loss => Self::Loss,
+        }
+    }
+}
+
+impl serde::Serialize for MetricKey {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.display())
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for MetricKey {
+    /// The dashboard names [`MetricKey::display`] writes (`raw` records of earlier epochs, read
+    /// back on resume).
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let name = String::deserialize(d)?;
+        let fixed = [
+            Self::Loss,
+            Self::Accuracy,
+            Self::MacroF1,
+            Self::LearningRate,
+            Self::Throughput,
+        ];
+        if let Some(k) = fixed.into_iter().find(|k| k.display() == name) {
+            return Ok(k);
+        }
+        match name.strip_prefix("Accuracy ") {
+            Some(label) => Ok(Self::ClassAccuracy(label.to_string())),
+            None => Err(serde::de::Error::custom(format!("unknown metric `{name}`"))),
+        }
+    }
+}
+
+/// A label as it appears in a metric name: it becomes a log file name in burn-train's metric
+/// logger, so no path separators.
+fn metric_label(label: &str) -> String {
+    label.replace(['/', '\\'], "_")
+}
+
 /// A metric computed from the epoch's confusion matrix.
 #[derive(Clone)]
 pub struct ConfusionMetric {
@@ -138,17 +236,12 @@ pub struct ConfusionMetric {
 impl ConfusionMetric {
     /// Accuracy on the items whose true class is `class` (named after the label).
     pub fn class_accuracy(class: usize, label: &str, num_classes: usize) -> Self {
-        // The name becomes a log file name in burn-train's metric logger: no path separators.
-        let label = label.replace(['/', '\\'], "_");
-        Self::new(
-            format!("Accuracy {label}"),
-            Readout::ClassAccuracy(class),
-            num_classes,
-        )
+        let key = MetricKey::ClassAccuracy(metric_label(label));
+        Self::new(key.display(), Readout::ClassAccuracy(class), num_classes)
     }
 
     pub fn macro_f1(num_classes: usize) -> Self {
-        Self::new("Macro F1".into(), Readout::MacroF1, num_classes)
+        Self::new(MetricKey::MacroF1.display(), Readout::MacroF1, num_classes)
     }
 
     fn new(name: String, readout: Readout, num_classes: usize) -> Self {
@@ -248,7 +341,7 @@ pub struct ThroughputMetric {
 impl Default for ThroughputMetric {
     fn default() -> Self {
         Self {
-            name: MetricName::new("Throughput".into()),
+            name: MetricName::new(MetricKey::Throughput.display()),
             started: None,
             items: 0,
         }

@@ -7,8 +7,6 @@
 use std::io::{IsTerminal, Write};
 use std::time::{Duration, Instant};
 
-use crate::run::thousands;
-
 const WIDTH: usize = 24;
 /// Redraws at most this often, so a fast job does not spend its time on the terminal.
 const EVERY: Duration = Duration::from_millis(100);
@@ -82,9 +80,30 @@ pub fn render(rows: usize, bytes: u64, total_bytes: u64, elapsed: Duration) -> S
     )
 }
 
+/// `1234567` -> `"1,234,567"`, as peft prints parameter counts.
+pub fn thousands(n: usize) -> String {
+    let s = n.to_string();
+    let mut out = String::new();
+    for (i, c) in s.chars().enumerate() {
+        if i > 0 && (s.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn thousands_separators() {
+        assert_eq!(thousands(0), "0");
+        assert_eq!(thousands(578), "578");
+        assert_eq!(thousands(697060), "697,060");
+        assert_eq!(thousands(22713216), "22,713,216");
+    }
 
     #[test]
     fn bar_rate_and_eta() {

@@ -20,8 +20,10 @@ use burn::train::renderer::{
 use burn::train::{Interrupter, LearnerSummary};
 use serde::{Deserialize, Serialize};
 
-/// Final values of one split of one epoch, by metric name as shown on the dashboard.
-pub type SplitValues = BTreeMap<String, f64>;
+use crate::metrics::MetricKey;
+
+/// Final values of one split of one epoch.
+pub type SplitValues = BTreeMap<MetricKey, f64>;
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 pub struct EpochRecord {
@@ -44,15 +46,19 @@ pub fn renderer(
     resumed_from: Option<usize>,
     history: History,
     on_epoch: OnEpoch,
+    keys: Vec<MetricKey>,
 ) -> Box<dyn MetricsRenderer> {
     let inner: Box<dyn MetricsRenderer> = if std::io::stdout().is_terminal() {
         Box::new(TuiMetricsRendererWrapper::new(interrupter, resumed_from))
     } else {
-        Box::new(PlainRenderer::default())
+        Box::new(PlainRenderer {
+            keys: Keys::new(keys.clone()),
+            ..PlainRenderer::default()
+        })
     };
     Box::new(Recorder {
         inner,
-        names: HashMap::new(),
+        keys: Keys::new(keys),
         split: String::new(),
         epoch: resumed_from.unwrap_or(0),
         started: Instant::now(),
@@ -62,19 +68,44 @@ pub fn renderer(
     })
 }
 
-fn metric_name(names: &HashMap<MetricId, String>, state: &MetricState) -> Option<(String, f64)> {
-    match state {
-        MetricState::Numeric(entry, Some(value)) => names
-            .get(&entry.metric_id)
-            .map(|n| (n.clone(), value.current())),
-        _ => None,
+/// The run's metrics by Burn's id: each registered metric definition is matched to the
+/// [`MetricKey`] it was named after.
+#[derive(Default)]
+struct Keys {
+    all: Vec<MetricKey>,
+    by_id: HashMap<MetricId, MetricKey>,
+}
+
+impl Keys {
+    fn new(all: Vec<MetricKey>) -> Self {
+        Self {
+            all,
+            by_id: HashMap::new(),
+        }
+    }
+
+    fn register(&mut self, definition: &MetricDefinition) {
+        if let Some(key) = self.all.iter().find(|k| k.display() == *definition.name) {
+            self.by_id.insert(definition.metric_id.clone(), key.clone());
+        }
+    }
+
+    /// A numeric state's metric and current (epoch running) value.
+    fn value(&self, state: &MetricState) -> Option<(MetricKey, f64)> {
+        match state {
+            MetricState::Numeric(entry, Some(value)) => self
+                .by_id
+                .get(&entry.metric_id)
+                .map(|k| (k.clone(), value.current())),
+            _ => None,
+        }
     }
 }
 
 /// Records each epoch's final metric values, forwarding everything to the inner renderer.
 struct Recorder {
     inner: Box<dyn MetricsRenderer>,
-    names: HashMap<MetricId, String>,
+    keys: Keys,
     split: String,
     epoch: usize,
     started: Instant,
@@ -85,15 +116,15 @@ struct Recorder {
 
 impl MetricsRendererTraining for Recorder {
     fn update_train(&mut self, state: MetricState) {
-        if let Some((name, v)) = metric_name(&self.names, &state) {
-            self.current.train.insert(name, v);
+        if let Some((key, v)) = self.keys.value(&state) {
+            self.current.train.insert(key, v);
         }
         self.inner.update_train(state);
     }
 
     fn update_valid(&mut self, state: MetricState) {
-        if let Some((name, v)) = metric_name(&self.names, &state) {
-            self.current.valid.insert(name, v);
+        if let Some((key, v)) = self.keys.value(&state) {
+            self.current.valid.insert(key, v);
         }
         self.inner.update_valid(state);
     }
@@ -192,8 +223,7 @@ impl MetricsRenderer for Recorder {
     }
 
     fn register_metric(&mut self, definition: MetricDefinition) {
-        self.names
-            .insert(definition.metric_id.clone(), definition.name.to_string());
+        self.keys.register(&definition);
         self.inner.register_metric(definition);
     }
 }
@@ -201,8 +231,8 @@ impl MetricsRenderer for Recorder {
 /// Plain progress lines on stderr, for when there is no terminal to draw a dashboard on.
 #[derive(Default)]
 pub struct PlainRenderer {
-    names: HashMap<MetricId, String>,
-    latest: BTreeMap<String, String>,
+    keys: Keys,
+    latest: BTreeMap<MetricKey, f64>,
     split: String,
     epoch: usize,
     total_epochs: usize,
@@ -212,25 +242,15 @@ pub struct PlainRenderer {
 
 impl PlainRenderer {
     fn record(&mut self, state: MetricState) {
-        let entry = match &state {
-            MetricState::Numeric(e, _) | MetricState::Generic(e) => e,
-        };
-        // "epoch 93.10 % - batch 95.00 %" -> "93.10 %": the epoch's running value.
-        let formatted = entry.serialized_entry.formatted.as_str();
-        let formatted = formatted.split(" - batch").next().unwrap_or(formatted);
-        let formatted = formatted
-            .strip_prefix("epoch ")
-            .unwrap_or(formatted)
-            .to_string();
-        if let Some(name) = self.names.get(&entry.metric_id) {
-            self.latest.insert(name.clone(), formatted);
+        if let Some((key, v)) = self.keys.value(&state) {
+            self.latest.insert(key, v);
         }
     }
 
     fn line(&self) -> String {
         self.latest
             .iter()
-            .map(|(k, v)| format!("{k}: {v}"))
+            .map(|(k, v)| format!("{}: {}", k.display(), k.format(*v)))
             .collect::<Vec<_>>()
             .join(" | ")
     }
@@ -320,7 +340,6 @@ impl MetricsRenderer for PlainRenderer {
     fn manual_close(&mut self) {}
 
     fn register_metric(&mut self, definition: MetricDefinition) {
-        self.names
-            .insert(definition.metric_id.clone(), definition.name.to_string());
+        self.keys.register(&definition);
     }
 }

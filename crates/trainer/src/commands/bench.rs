@@ -7,7 +7,6 @@ use bert_model::tokenizer::{Encoded, pad_batch};
 use bert_model::{BertExtras, DEFAULT_MODEL, Pretrained};
 use clap::Args;
 
-use crate::commands::classifier::probabilities;
 use crate::device::{describe, device};
 
 #[derive(Args, Debug)]
@@ -89,27 +88,25 @@ fn percentile(sorted: &[f64], q: f64) -> f64 {
 
 fn classify(dir: &std::path::Path, n: usize, batch_size: usize) -> Result<()> {
     let device = device();
-    let run = crate::run::LoadedRun::load(dir, &device)?;
-    let columns = bert_data::CsvColumns {
-        text: run.config.data.text_column.clone(),
-        label: run.config.data.label_column.clone(),
-    };
+    let run = crate::classifier::Classifier::load(dir, &device)?;
+    let columns = run.config.data.columns();
     let valid = crate::run::RunDir::new(dir).valid_csv();
     let table = bert_data::Table::read(&valid, &columns, true)?;
     let texts: Vec<&str> = table.rows.iter().take(n).map(|r| r.text.as_str()).collect();
     anyhow::ensure!(!texts.is_empty(), "{}: no texts", valid.display());
     // Warm-up, then one text at a time.
-    probabilities(&run, &texts[..1], 1, &device)?;
+    run.probabilities(&texts[..1], 1, &device)?;
     let mut ms: Vec<f64> = texts
         .iter()
         .map(|t| {
             let start = Instant::now();
-            probabilities(&run, &[t], 1, &device).map(|_| start.elapsed().as_secs_f64() * 1e3)
+            run.probabilities(&[t], 1, &device)
+                .map(|_| start.elapsed().as_secs_f64() * 1e3)
         })
         .collect::<Result<_>>()?;
     ms.sort_by(f64::total_cmp);
     let start = Instant::now();
-    probabilities(&run, &texts, batch_size, &device)?;
+    run.probabilities(&texts, batch_size, &device)?;
     let secs = start.elapsed().as_secs_f64();
     let record = serde_json::json!({
         "bench": "classify",

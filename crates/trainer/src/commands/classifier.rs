@@ -1,16 +1,13 @@
-//! Which trained classifier a command uses (`--run DIR`, `--model SRC --adapter DIR`, or a
-//! fine-tuned `--model SRC`), and scoring texts with it.
+//! Which trained classifier a command uses: `--run DIR`, `--model SRC --adapter DIR`, or a
+//! fine-tuned `--model SRC`.
 
 use std::path::PathBuf;
 
 use anyhow::{Result, bail};
-use bert_model::Encoded;
-use bert_model::tokenizer::pad_batch;
 use burn::prelude::*;
-use burn::tensor::activation::softmax;
 use clap::Args;
 
-use crate::run::LoadedRun;
+use crate::classifier::Classifier;
 
 #[derive(Args, Debug, Clone)]
 pub struct ModelArgs {
@@ -36,10 +33,10 @@ pub struct ModelArgs {
 }
 
 impl ModelArgs {
-    pub fn load(&self, device: &Device) -> Result<LoadedRun> {
+    pub fn load(&self, device: &Device) -> Result<Classifier> {
         match (&self.run, &self.model, &self.adapter) {
-            (Some(dir), _, _) => LoadedRun::load(dir, device),
-            (None, Some(model), Some(adapter)) => LoadedRun::from_adapter(
+            (Some(dir), _, _) => Classifier::load(dir, device),
+            (None, Some(model), Some(adapter)) => Classifier::from_adapter(
                 model,
                 adapter,
                 self.labels.as_deref(),
@@ -47,61 +44,9 @@ impl ModelArgs {
                 device,
             ),
             (None, Some(model), None) => {
-                LoadedRun::from_classifier(model, self.labels.as_deref(), self.max_length, device)
+                Classifier::from_classifier(model, self.labels.as_deref(), self.max_length, device)
             }
             _ => bail!("pass --run DIR, --model SRC --adapter DIR, or --model SRC"),
         }
     }
-}
-
-/// Class probabilities of `texts`, in input order. Texts are batched by token length (fewer
-/// padding tokens, the same results: padding is masked out).
-pub fn probabilities(
-    run: &LoadedRun,
-    texts: &[&str],
-    batch_size: usize,
-    device: &Device,
-) -> Result<Vec<Vec<f32>>> {
-    probabilities_with(run, texts, batch_size, device, &mut |_| {})
-}
-
-/// [`probabilities`], calling `on_batch(texts_done)` after each batch (for progress display).
-pub fn probabilities_with(
-    run: &LoadedRun,
-    texts: &[&str],
-    batch_size: usize,
-    device: &Device,
-    on_batch: &mut dyn FnMut(usize),
-) -> Result<Vec<Vec<f32>>> {
-    let encoded: Vec<Encoded> = run.tokenizer.encode_batch(texts)?;
-    let mut order: Vec<usize> = (0..texts.len()).collect();
-    order.sort_by_key(|&i| encoded[i].len());
-    let mut out = vec![Vec::new(); texts.len()];
-    let pad_id = run.tokenizer.pad_id();
-    let mut done = 0;
-    for chunk in order.chunks(batch_size.max(1)) {
-        let items: Vec<Encoded> = chunk.iter().map(|&i| encoded[i].clone()).collect();
-        let logits = run.model.forward(pad_batch(&items, pad_id, device));
-        let [n, k] = logits.dims();
-        let probs: Vec<f32> = softmax(logits, 1)
-            .into_data()
-            .convert::<f32>()
-            .try_to_vec::<f32>()
-            .map_err(|e| anyhow::anyhow!("{e:?}"))?;
-        debug_assert_eq!(probs.len(), n * k);
-        for (row, &i) in chunk.iter().enumerate() {
-            out[i] = probs[row * k..(row + 1) * k].to_vec();
-        }
-        done += chunk.len();
-        on_batch(done);
-    }
-    Ok(out)
-}
-
-/// Index and value of the largest probability.
-pub fn argmax(probs: &[f32]) -> (usize, f32) {
-    probs.iter().copied().enumerate().fold(
-        (0, f32::MIN),
-        |best, (i, p)| if p > best.1 { (i, p) } else { best },
-    )
 }

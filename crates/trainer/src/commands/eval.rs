@@ -4,7 +4,9 @@
 use std::path::PathBuf;
 
 use anyhow::Result;
-use bert_data::{ClassificationBatcher, CsvColumns, Example, Table};
+use bert_data::{ClassificationBatcher, Example, Table};
+
+use crate::classifier::{argmax, softmax_rows};
 use bert_model::classifier::BertClassifier;
 use burn::data::dataloader::batcher::Batcher;
 use burn::prelude::*;
@@ -59,10 +61,7 @@ pub fn run(args: EvalArgs) -> Result<()> {
         (None, Some(dir)) => dir.valid_csv(),
         (None, None) => anyhow::bail!("--data CSV is needed with --model"),
     };
-    let columns = CsvColumns {
-        text: run.config.data.text_column.clone(),
-        label: run.config.data.label_column.clone(),
-    };
+    let columns = run.config.data.columns();
     let table = Table::read(&data, &columns, true)?;
     let ids = run.labels.encode(&table)?;
     let texts: Vec<&str> = table.rows.iter().map(|r| r.text.as_str()).collect();
@@ -79,7 +78,7 @@ pub fn run(args: EvalArgs) -> Result<()> {
     let batcher = ClassificationBatcher {
         pad_id: run.tokenizer.pad_id(),
     };
-    let mut eval = evaluate(&run.model, &examples, batcher, args.batch_size, &device);
+    let mut eval = evaluate(&run.model, &examples, batcher, args.batch_size, &device)?;
     eval.dropped_empty = table.dropped_empty.len();
     let names = run.labels.names();
     let positive = match &args.positive {
@@ -182,7 +181,7 @@ pub fn evaluate(
     batcher: ClassificationBatcher,
     batch_size: usize,
     device: &Device,
-) -> Evaluation {
+) -> Result<Evaluation> {
     let model = model.valid();
     let k = model.num_labels();
     let mut confusion = Confusion::new(k);
@@ -193,24 +192,19 @@ pub fn evaluate(
         let step = model.forward_classification(batch);
         let loss = step.loss.into_scalar::<f32>() as f64;
         loss_sum += loss * chunk.len() as f64;
-        let probs: Vec<f32> = burn::tensor::activation::softmax(step.logits, 1)
-            .into_data()
-            .convert::<f32>()
-            .try_to_vec::<f32>()
-            .expect("f32 probabilities");
-        for (e, p) in chunk.iter().zip(probs.chunks(k)) {
-            confusion.add(e.label, crate::commands::classifier::argmax(p).0);
-            probabilities.push(p.to_vec());
+        for (e, p) in chunk.iter().zip(softmax_rows(step.logits)?) {
+            confusion.add(e.label, argmax(&p).0);
+            probabilities.push(p);
         }
     }
-    Evaluation {
+    Ok(Evaluation {
         confusion,
         probabilities,
         targets: examples.iter().map(|e| e.label).collect(),
         loss: loss_sum / examples.len() as f64,
         rows: examples.len(),
         dropped_empty: 0,
-    }
+    })
 }
 
 pub fn report_json(eval: &Evaluation, labels: &[String]) -> serde_json::Value {

@@ -14,9 +14,9 @@ use burn::prelude::*;
 use clap::Args;
 use serde_json::json;
 
-use crate::commands::classifier::{ModelArgs, probabilities, probabilities_with};
+use crate::classifier::Classifier;
+use crate::commands::classifier::ModelArgs;
 use crate::progress::Progress;
-use crate::run::LoadedRun;
 
 /// Rows read, scored and written at a time.
 const CHUNK: usize = 2048;
@@ -85,7 +85,7 @@ pub fn run(args: PredictArgs) -> Result<()> {
 
 /// Prints one line per text, in order; an empty text gets `null`s (JSON) or an empty label.
 fn print_texts(
-    run: &LoadedRun,
+    run: &Classifier,
     texts: &[&str],
     json: bool,
     batch_size: usize,
@@ -96,7 +96,7 @@ fn print_texts(
         .copied()
         .filter(|t| !t.trim().is_empty())
         .collect();
-    let mut probs = probabilities(run, &scored, batch_size, device)?.into_iter();
+    let mut probs = run.probabilities(&scored, batch_size, device)?.into_iter();
     let mut out = std::io::stdout().lock();
     for text in texts {
         let p = if text.trim().is_empty() {
@@ -151,7 +151,7 @@ fn field<'a>(
 }
 
 pub fn score_csv(
-    run: &LoadedRun,
+    run: &Classifier,
     input: &Path,
     output: &Path,
     column: &str,
@@ -225,8 +225,9 @@ pub fn score_csv(
             let bytes = bytes_before + (share * (bytes_after - bytes_before) as f64) as u64;
             progress.update(rows_done, bytes);
         };
-        let mut probs =
-            probabilities_with(run, &scored, batch_size, device, &mut on_batch)?.into_iter();
+        let mut probs = run
+            .probabilities_with(&scored, batch_size, device, &mut on_batch)?
+            .into_iter();
         for (record, text) in chunk.iter().zip(&texts) {
             let mut out: Vec<String> = (0..record.len())
                 .map(|i| field(record, i, input, &headers).map(str::to_string))

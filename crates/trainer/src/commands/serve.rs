@@ -47,8 +47,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::commands::classifier::probabilities;
-use crate::run::LoadedRun;
+use crate::classifier::Classifier;
 
 #[derive(Args, Debug)]
 pub struct ServeArgs {
@@ -121,10 +120,10 @@ struct Shared {
 
 pub fn run(args: ServeArgs) -> Result<()> {
     let device = crate::device::device();
-    let config = LoadedRun::read_config(&args.run)?;
+    let config = Classifier::read_config(&args.run)?;
     let pretrained = Pretrained::load(&config.model.source, config.model.max_length, &device)?;
     let mut names = vec![config.name.clone()];
-    let mut runs = vec![LoadedRun::load_with(&args.run, &pretrained, &device)?];
+    let mut runs = vec![Classifier::load_with(&args.run, &pretrained, &device)?];
     for spec in &args.adapters {
         let Some((name, dir)) = spec.split_once('=') else {
             bail!("--adapter {spec}: expected NAME=DIR");
@@ -134,7 +133,7 @@ pub fn run(args: ServeArgs) -> Result<()> {
         }
         let dir = PathBuf::from(dir);
         let run = if dir.join("config.toml").is_file() {
-            let other = LoadedRun::read_config(&dir)?;
+            let other = Classifier::read_config(&dir)?;
             if other.model.source != config.model.source {
                 bail!(
                     "--adapter {spec}: trained on {}, but the served base model is {}",
@@ -142,11 +141,11 @@ pub fn run(args: ServeArgs) -> Result<()> {
                     config.model.source
                 );
             }
-            LoadedRun::load_with(&dir, &pretrained, &device)?
+            Classifier::load_with(&dir, &pretrained, &device)?
         } else {
             let labels = dir.join("labels.txt");
             let labels = labels.is_file().then_some(labels);
-            LoadedRun::adapter_with(
+            Classifier::adapter_with(
                 &pretrained,
                 &config.model.source,
                 &dir,
@@ -432,7 +431,7 @@ async fn shutdown_signal() {
 
 /// The inference thread's inputs, kept by its supervisor so a crashed thread can be replaced.
 struct Worker {
-    runs: Arc<Vec<LoadedRun>>,
+    runs: Arc<Vec<Classifier>>,
     jobs: Arc<Mutex<mpsc::Receiver<Job>>>,
     up: Arc<AtomicBool>,
     wait: Duration,
@@ -517,7 +516,7 @@ impl Worker {
             .collect();
         let scored = std::panic::catch_unwind(AssertUnwindSafe(|| {
             fault_injection(&all);
-            probabilities(&self.runs[adapter], &all, self.max_batch, &self.device)
+            self.runs[adapter].probabilities(&all, self.max_batch, &self.device)
         }));
         let (result, ok) = match scored {
             Ok(Ok(probs)) => (Ok(probs), true),
@@ -708,10 +707,7 @@ async fn classify(
     let results: Vec<Value> = probs
         .iter()
         .map(|p| {
-            let i = match &shared.thresholds[adapter] {
-                Some((positive, t)) => t.decide(*positive, p),
-                None => crate::commands::classifier::argmax(p).0,
-            };
+            let i = crate::classifier::decide(shared.thresholds[adapter].as_ref(), p);
             json!({"label": labels[i], "score": p[i], "probabilities": p})
         })
         .collect();

@@ -75,6 +75,16 @@ impl Default for DataSection {
     }
 }
 
+impl DataSection {
+    /// The CSV columns this recipe reads.
+    pub fn columns(&self) -> bert_data::CsvColumns {
+        bert_data::CsvColumns {
+            text: self.text_column.clone(),
+            label: self.label_column.clone(),
+        }
+    }
+}
+
 /// Which validation metric picks the best checkpoint.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -82,6 +92,17 @@ pub enum SelectMetric {
     MacroF1,
     Accuracy,
     Loss,
+}
+
+impl SelectMetric {
+    /// Which way is better.
+    pub fn direction(self) -> burn::train::metric::store::Direction {
+        use burn::train::metric::store::Direction;
+        match self {
+            Self::Loss => Direction::Lowest,
+            Self::MacroF1 | Self::Accuracy => Direction::Highest,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

