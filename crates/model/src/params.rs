@@ -133,6 +133,17 @@ pub fn shapes<M: Module>(module: &M) -> BTreeMap<String, Vec<usize>> {
     s.1
 }
 
+/// (selected, total) parameter counts of `module`: with a method's `is_trainable`, peft's
+/// "trainable params || all params".
+pub fn counts<M: Module>(module: &M, selected: impl Fn(&str) -> bool) -> (usize, usize) {
+    shapes(module)
+        .iter()
+        .fold((0, 0), |(sel, all), (path, shape)| {
+            let n = shape.iter().product::<usize>();
+            (sel + if selected(path) { n } else { 0 }, all + n)
+        })
+}
+
 struct Loader<'a> {
     stack: ModulePath,
     tensors: &'a BTreeMap<String, RawTensor>,

@@ -2,54 +2,16 @@
 //! logits (fixtures from `tests/fixtures/make_fixtures.py`); adapters written here read back
 //! the same; mismatches are errors that name the field.
 
-use std::path::PathBuf;
+mod common;
 
-use bert_model::bert::BertInput;
 use bert_model::classifier::BertClassifier;
 use bert_model::load::load_bert;
 use bert_model::peft::adapter;
 use bert_model::weights::Checkpoint;
 use bert_model::{BertConfig, params};
 use burn::prelude::*;
+use common::*;
 use serde_json::Value;
-
-fn fixtures() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures")
-}
-
-fn flat(v: &Value) -> Vec<f32> {
-    match v {
-        Value::Array(items) => items.iter().flat_map(flat).collect(),
-        Value::Number(n) => vec![n.as_f64().unwrap() as f32],
-        other => panic!("not a number: {other}"),
-    }
-}
-
-fn ints(v: &Value) -> Vec<i64> {
-    match v {
-        Value::Array(items) => items.iter().flat_map(ints).collect(),
-        Value::Number(n) => vec![n.as_i64().unwrap()],
-        other => panic!("not an int: {other}"),
-    }
-}
-
-fn input(exp: &Value, device: &Device) -> BertInput {
-    let b = exp["input_ids"].as_array().unwrap().len();
-    let ids = ints(&exp["input_ids"]);
-    let l = ids.len() / b;
-    let mask: Vec<f32> = ints(&exp["attention_mask"])
-        .iter()
-        .map(|&x| x as f32)
-        .collect();
-    BertInput {
-        input_ids: Tensor::from_data(TensorData::new(ids, [b, l]), device),
-        token_type_ids: Tensor::from_data(
-            TensorData::new(ints(&exp["token_type_ids"]), [b, l]),
-            device,
-        ),
-        attention_mask: Tensor::from_data(TensorData::new(mask, [b, l]), device),
-    }
-}
 
 fn classifier_with(dir: &std::path::Path, device: &Device) -> (BertClassifier, BertConfig) {
     let base = fixtures().join("tiny-bert");
@@ -68,7 +30,7 @@ fn classifier_with(dir: &std::path::Path, device: &Device) -> (BertClassifier, B
 
 fn logits(model: &BertClassifier, exp: &Value, device: &Device) -> Vec<f32> {
     model
-        .forward(input(exp, device))
+        .forward(fixture_input(exp, device))
         .into_data()
         .try_to_vec::<f32>()
         .unwrap()
@@ -92,7 +54,8 @@ fn peft_adapters_load_and_round_trip() {
             dir.display()
         );
         // The probabilities peft reports, which `predict` prints.
-        let probs = burn::tensor::activation::softmax(model.forward(input(&exp, &device)), 1);
+        let probs =
+            burn::tensor::activation::softmax(model.forward(fixture_input(&exp, &device)), 1);
         let diff = max_diff(
             &probs.into_data().try_to_vec::<f32>().unwrap(),
             &flat(&case["probabilities"]),
@@ -153,14 +116,6 @@ fn merged_lora_matches_unmerged() {
         let diff = max_diff(&before, &logits(&merged, &exp, &device));
         assert!(diff < 1e-5, "{dir}: merging changed logits by {diff}");
     }
-}
-
-fn max_diff(a: &[f32], b: &[f32]) -> f32 {
-    assert_eq!(a.len(), b.len());
-    a.iter()
-        .zip(b)
-        .map(|(x, y)| (x - y).abs())
-        .fold(0.0, f32::max)
 }
 
 #[test]

@@ -2,16 +2,15 @@
 //! peft adapter directories. Any bytes give a value or a clean error naming the file, never a
 //! panic.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 
 use bert_model::BertConfig;
 use bert_model::peft::adapter;
 use bert_model::weights::Checkpoint;
+use common::fixtures;
 use proptest::prelude::*;
-
-fn fixtures() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures")
-}
 
 /// A safetensors file: an 8-byte little-endian header length, a header that is often JSON
 /// describing tensors, then data; each part possibly inconsistent with the others.

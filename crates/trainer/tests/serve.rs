@@ -2,41 +2,16 @@
 //! answering differently, micro-batched concurrent clients, limits and malformed requests as
 //! JSON 4xx errors, and a graceful stop on SIGTERM.
 
+mod common;
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::{train_run as train, write_titles};
 use serde_json::{Value, json};
-
-fn fixtures() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures")
-}
-
-fn train(dir: &Path, name: &str, peft: &str, seed: u64) {
-    let config = format!(
-        "name = \"{name}\"\n[model]\nsource = \"{}\"\nmax_length = 16\n[data]\ntrain = \"zh.csv\"\nlabels = \"labels.txt\"\n[peft]\n{peft}\n[train]\nepochs = 1\nbatch_size = 8\nlr = 0.01\nseed = {seed}\n",
-        fixtures().join("tiny-bert").display()
-    );
-    std::fs::write(dir.join(format!("{name}.toml")), config).unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_trainer"))
-        .args([
-            "train",
-            "--config",
-            &format!("{name}.toml"),
-            "--run-dir",
-            name,
-        ])
-        .current_dir(dir)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
 
 struct Server {
     child: Child,
@@ -116,16 +91,7 @@ fn classify(addr: &str, body: Value) -> (u16, Value) {
 fn serve_endpoints_adapters_limits_and_shutdown() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
-    let mut csv = String::from("title,label\n");
-    for i in 0..40 {
-        if i % 2 == 0 {
-            csv.push_str(&format!("震惊！你绝对想不到的第{i}个秘密,标题党\n"));
-        } else {
-            csv.push_str(&format!("国务院发布第{i}号通知,非标题党\n"));
-        }
-    }
-    std::fs::write(dir.join("zh.csv"), csv).unwrap();
-    std::fs::write(dir.join("labels.txt"), "标题党\n非标题党\n").unwrap();
+    write_titles(dir, 40);
     train(
         dir,
         "a",

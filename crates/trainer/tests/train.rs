@@ -1,87 +1,12 @@
 //! `trainer train` / `trainer eval` end to end on the tiny Chinese fixture model (seconds):
 //! the run directory, checkpoint round trip, resume, and errors on bad data and configs.
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+mod common;
 
+use std::path::Path;
+
+use common::*;
 use serde_json::Value;
-
-fn fixtures() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures")
-}
-
-fn trainer(dir: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_trainer"))
-        .args(args)
-        .current_dir(dir)
-        .env("HF_HUB_OFFLINE", "1")
-        .output()
-        .unwrap()
-}
-
-fn ok(out: &Output) -> String {
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "failed: {stderr}");
-    String::from_utf8(out.stdout.clone()).unwrap()
-}
-
-fn err(out: &Output) -> String {
-    assert!(!out.status.success(), "expected failure");
-    String::from_utf8_lossy(&out.stderr).into_owned()
-}
-
-/// 60 short Chinese titles, two classes, a few empty titles, written with a BOM.
-fn write_data(dir: &Path) {
-    let mut csv = String::from("\u{feff}title,label\n");
-    for i in 0..60 {
-        if i % 2 == 0 {
-            csv.push_str(&format!("\"你不会相信, 接下来发生了什么 {i}\",标题党\n"));
-        } else {
-            csv.push_str(&format!("国务院发布第{i}号通知,非标题党\n"));
-        }
-    }
-    csv.push_str(",标题党\n\"\",非标题党\n");
-    std::fs::write(dir.join("zh.csv"), csv).unwrap();
-    std::fs::write(dir.join("labels.txt"), "标题党\n非标题党\n").unwrap();
-    let config = format!(
-        r#"name = "tiny"
-[model]
-source = "{}"
-max_length = 16
-[data]
-train = "zh.csv"
-labels = "labels.txt"
-[peft]
-method = "prefix-tuning"
-num_virtual_tokens = 4
-[train]
-epochs = 2
-batch_size = 8
-lr = 0.01
-"#,
-        fixtures().join("tiny-bert").display()
-    );
-    std::fs::write(dir.join("tiny.toml"), config).unwrap();
-}
-
-fn json(path: &Path) -> Value {
-    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
-}
-
-fn safetensor_keys(path: &Path) -> Vec<String> {
-    let bytes = std::fs::read(path).unwrap();
-    let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
-    let header: Value = serde_json::from_slice(&bytes[8..8 + n]).unwrap();
-    let mut keys: Vec<String> = header
-        .as_object()
-        .unwrap()
-        .keys()
-        .filter(|k| *k != "__metadata__")
-        .cloned()
-        .collect();
-    keys.sort();
-    keys
-}
 
 #[test]
 fn train_writes_a_run_that_eval_reproduces_and_resume_continues_exactly() {
@@ -340,7 +265,7 @@ fn every_method_trains_and_its_peft_adapter_evaluates_like_the_run() {
         }
         let out = trainer(dir, &args);
         ok(&out);
-        let by_run = json_out(&trainer(dir, &["eval", "--run", &run, "--json"]));
+        let by_run = ok_json(&trainer(dir, &["eval", "--run", &run, "--json"]));
         check_export(dir, name, &run, &by_run);
         let adapter = dir.join(&run).join("adapter");
         if name == "full" {
@@ -362,7 +287,7 @@ fn every_method_trains_and_its_peft_adapter_evaluates_like_the_run() {
             assert_eq!(cfg["encoder_num_layers"], 2);
             assert_eq!(cfg["encoder_dropout"], 0.1);
         }
-        let by_adapter = json_out(&trainer(
+        let by_adapter = ok_json(&trainer(
             dir,
             &[
                 "eval",
@@ -420,7 +345,7 @@ fn check_export(dir: &Path, name: &str, run: &str, by_run: &Value) {
     assert!(keys.iter().all(|k| !k.contains("lora")), "{keys:?}");
     assert!(out_dir.join("tokenizer.json").is_file());
 
-    let by_export = json_out(&trainer(
+    let by_export = ok_json(&trainer(
         dir,
         &[
             "eval",
@@ -436,10 +361,6 @@ fn check_export(dir: &Path, name: &str, run: &str, by_run: &Value) {
     assert_same_eval(&format!("{name} export"), by_run, &by_export);
     let e = err(&trainer(dir, &["export", "--run", run, "--output", output]));
     assert!(e.contains("already exists"), "{e}");
-}
-
-fn json_out(out: &Output) -> Value {
-    serde_json::from_str(ok(out).trim()).unwrap()
 }
 
 /// Adapters saved by Python peft (fixtures) evaluate here with peft's loss on the fixture texts.
@@ -475,7 +396,7 @@ fn python_peft_adapters_evaluate_with_peft_loss() {
             })
             .sum::<f64>()
             / logits.len() as f64;
-        let got = json_out(&trainer(
+        let got = ok_json(&trainer(
             dir,
             &[
                 "eval",

@@ -348,15 +348,7 @@ impl EarlyStoppingStrategy for StopAfterEpoch {
 
 /// (trainable, total) parameter counts.
 pub fn param_counts(model: &BertClassifier, config: &TrainConfig) -> (usize, usize) {
-    let shapes = params::shapes(model);
-    let count = |pred: &dyn Fn(&str) -> bool| -> usize {
-        shapes
-            .iter()
-            .filter(|(k, _)| pred(k))
-            .map(|(_, s)| s.iter().product::<usize>())
-            .sum()
-    };
-    (count(&|k| config.peft.is_trainable(k)), count(&|_| true))
+    params::counts(model, |p| config.peft.is_trainable(p))
 }
 
 /// Writes the trainable parameters of `model` atomically.
