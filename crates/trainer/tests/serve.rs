@@ -18,6 +18,21 @@ struct Server {
     addr: String,
 }
 
+impl Server {
+    /// SIGTERM; the exit status and everything the server wrote on stderr.
+    fn stop(&mut self) -> (std::process::ExitStatus, String) {
+        let pid = self.child.id().to_string();
+        let sent = Command::new("kill").args(["-TERM", &pid]).status();
+        assert!(sent.unwrap().success());
+        let status = self.child.wait().unwrap();
+        let mut stderr = String::new();
+        if let Some(mut pipe) = self.child.stderr.take() {
+            pipe.read_to_string(&mut stderr).unwrap();
+        }
+        (status, stderr)
+    }
+}
+
 impl Drop for Server {
     fn drop(&mut self) {
         let _ = self.child.kill();
@@ -243,24 +258,8 @@ fn serve_endpoints_adapters_limits_and_shutdown() {
 
     // SIGTERM: the server stops cleanly.
     let mut server = server;
-    let pid = server.child.id().to_string();
-    assert!(
-        Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .unwrap()
-            .success()
-    );
-    let status = server.child.wait().unwrap();
+    let (status, stderr) = server.stop();
     assert!(status.success(), "{status:?}");
-    let mut stderr = String::new();
-    server
-        .child
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut stderr)
-        .unwrap();
     assert!(stderr.contains("stopped"), "{stderr}");
 }
 
@@ -281,17 +280,7 @@ fn time_to_close(mut s: TcpStream) -> Duration {
 fn one_failing_request_stalled_clients_and_keys_do_not_take_the_service_down() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
-    let mut csv = String::from("title,label\n");
-    for i in 0..16 {
-        let label = if i % 2 == 0 {
-            "标题党"
-        } else {
-            "非标题党"
-        };
-        csv.push_str(&format!("第{i}个标题,{label}\n"));
-    }
-    std::fs::write(dir.join("zh.csv"), csv).unwrap();
-    std::fs::write(dir.join("labels.txt"), "标题党\n非标题党\n").unwrap();
+    write_titles(dir, 16);
     train(
         dir,
         "a",
@@ -373,29 +362,13 @@ fn one_failing_request_stalled_clients_and_keys_do_not_take_the_service_down() {
     let mut stalled = TcpStream::connect(&addr).unwrap();
     stalled.write_all(b"GET /healthz HTTP/1.1\r\n").unwrap();
     let start = Instant::now();
-    let pid = server.child.id().to_string();
-    assert!(
-        Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .unwrap()
-            .success()
-    );
-    let status = server.child.wait().unwrap();
+    let (status, stderr) = server.stop();
     assert!(status.success(), "{status:?}");
     assert!(
         start.elapsed() < Duration::from_secs(8),
         "{:?}",
         start.elapsed()
     );
-    let mut stderr = String::new();
-    server
-        .child
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut stderr)
-        .unwrap();
     // One line per request, with adapter and count but never the texts.
     assert!(
         stderr.contains("request POST /v1/classify adapter=a texts=1 status=500"),
@@ -412,36 +385,10 @@ fn one_failing_request_stalled_clients_and_keys_do_not_take_the_service_down() {
 fn serving_beyond_loopback_without_a_key_warns() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
-    let mut csv = String::from("title,label\n");
-    for i in 0..16 {
-        let label = if i % 2 == 0 {
-            "标题党"
-        } else {
-            "非标题党"
-        };
-        csv.push_str(&format!("第{i}个标题,{label}\n"));
-    }
-    std::fs::write(dir.join("zh.csv"), csv).unwrap();
-    std::fs::write(dir.join("labels.txt"), "标题党\n非标题党\n").unwrap();
+    write_titles(dir, 16);
     train(dir, "a", "method = \"lora\"", 1);
     let mut server = serve(dir, &["--addr", "0.0.0.0:0"]);
-    let pid = server.child.id().to_string();
-    assert!(
-        Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .unwrap()
-            .success()
-    );
-    server.child.wait().unwrap();
-    let mut stderr = String::new();
-    server
-        .child
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut stderr)
-        .unwrap();
+    let (_, stderr) = server.stop();
     assert!(stderr.contains("warning: listening on 0.0.0.0"), "{stderr}");
     assert!(stderr.contains("without an API key"), "{stderr}");
 }
