@@ -91,6 +91,8 @@ def main():
         if not args.skip_rust:
             subprocess.run(["rm", "-rf", run], check=True)
             cmd = [args.trainer, "train", "--config", f"configs/en-{method}.toml", "--run-dir", run]
+            # Like for like with transformers' random batches.
+            cmd += ["--set", "train.group_by_length=false"]
             for s in args.set:
                 cmd += ["--set", s]
             print("$", " ".join(cmd), file=sys.stderr, flush=True)

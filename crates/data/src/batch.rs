@@ -5,8 +5,13 @@
 //! padding.
 //!
 //! The loader shuffles the training set with a permutation derived from `(seed, epoch)`, not
-//! from a generator that advances through the run. Epoch `k` therefore sees the same order
+//! from a generator that advances through the run. Epoch `k` therefore sees the same batches
 //! whether the run went straight through or was interrupted and resumed at `k`.
+//!
+//! With length grouping (HF's `group_by_length`), each window of [`GROUP_WINDOW`] shuffled
+//! batches is sorted by token length before it is cut into batches, and the batches are then
+//! shuffled: batches hold texts of similar length, so little of their compute goes to padding,
+//! while every batch is still a random draw of the epoch.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -44,12 +49,17 @@ impl Batcher<Example, ClassificationBatch> for ClassificationBatcher {
     }
 }
 
+/// Batches per window sorted by length in [`EpochLoader::grouped_by_length`] (HF's megabatch
+/// of 50 batches).
+pub const GROUP_WINDOW: usize = 50;
+
 /// A [`DataLoader`] over tokenised examples with per-epoch seeded shuffling.
 pub struct EpochLoader {
     items: Arc<Vec<Example>>,
     batcher: ClassificationBatcher,
     batch_size: usize,
     shuffle_seed: Option<u64>,
+    group_by_length: bool,
     reseed: Option<u64>,
     /// Epochs started so far; the next `iter()` is epoch `epochs + 1`.
     epochs: Arc<AtomicUsize>,
@@ -69,6 +79,7 @@ impl EpochLoader {
             batcher,
             batch_size,
             shuffle_seed: None,
+            group_by_length: false,
             reseed: None,
             epochs: Arc::new(AtomicUsize::new(0)),
             device: device.clone(),
@@ -78,6 +89,13 @@ impl EpochLoader {
     /// Shuffle every epoch with a permutation seeded by `(seed, epoch)`.
     pub fn shuffled(mut self, seed: u64) -> Self {
         self.shuffle_seed = Some(seed);
+        self
+    }
+
+    /// Batches of texts of similar length (see the module docs); with [`EpochLoader::shuffled`]
+    /// the windows and the batch order are seeded by `(seed, epoch)` too.
+    pub fn grouped_by_length(mut self, on: bool) -> Self {
+        self.group_by_length = on;
         self
     }
 
@@ -96,15 +114,36 @@ impl EpochLoader {
         self
     }
 
-    /// The item order of 1-based `epoch`.
+    /// The item order of 1-based `epoch`, before any length grouping.
     pub fn order(&self, epoch: usize) -> Vec<usize> {
         match self.shuffle_seed {
-            Some(seed) => permutation(
-                self.items.len(),
-                seed ^ (epoch as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15),
-            ),
+            Some(seed) => permutation(self.items.len(), epoch_seed(seed, epoch)),
             None => (0..self.items.len()).collect(),
         }
+    }
+
+    /// The batches (item indices) of 1-based `epoch`.
+    pub fn batches(&self, epoch: usize) -> Vec<Vec<usize>> {
+        let order = self.order(epoch);
+        if !self.group_by_length {
+            return order
+                .chunks(self.batch_size)
+                .map(<[usize]>::to_vec)
+                .collect();
+        }
+        let mut batches: Vec<Vec<usize>> = Vec::new();
+        for window in order.chunks(self.batch_size * GROUP_WINDOW) {
+            let mut window = window.to_vec();
+            // Stable: equal lengths keep their shuffled order.
+            window.sort_by_key(|&i| self.items[i].encoded.len());
+            batches.extend(window.chunks(self.batch_size).map(<[usize]>::to_vec));
+        }
+        if let Some(seed) = self.shuffle_seed {
+            let shuffled = permutation(batches.len(), epoch_seed(seed ^ 0x6C65_6E67, epoch));
+            let mut slots: Vec<Option<Vec<usize>>> = batches.into_iter().map(Some).collect();
+            batches = shuffled.iter().filter_map(|&i| slots[i].take()).collect();
+        }
+        batches
     }
 
     fn with_items(&self, items: Arc<Vec<Example>>, device: &Device) -> Self {
@@ -113,6 +152,7 @@ impl EpochLoader {
             batcher: self.batcher,
             batch_size: self.batch_size,
             shuffle_seed: self.shuffle_seed,
+            group_by_length: self.group_by_length,
             reseed: self.reseed,
             epochs: self.epochs.clone(),
             device: device.clone(),
@@ -120,9 +160,15 @@ impl EpochLoader {
     }
 }
 
+/// The seed of epoch `epoch`'s draws from a run's seed.
+fn epoch_seed(seed: u64, epoch: usize) -> u64 {
+    seed ^ (epoch as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15)
+}
+
 struct EpochIter<'a> {
     loader: &'a EpochLoader,
-    order: Vec<usize>,
+    batches: std::vec::IntoIter<Vec<usize>>,
+    /// Items served so far.
     position: usize,
 }
 
@@ -130,22 +176,19 @@ impl Iterator for EpochIter<'_> {
     type Item = Result<ClassificationBatch, DatasetError>;
 
     fn next(&mut self) -> Option<Self::Item> {
-        if self.position >= self.order.len() {
-            return None;
-        }
-        let end = (self.position + self.loader.batch_size).min(self.order.len());
-        let items = self.order[self.position..end]
+        let batch = self.batches.next()?;
+        let items = batch
             .iter()
             .map(|&i| self.loader.items[i].clone())
             .collect();
-        self.position = end;
+        self.position += batch.len();
         Some(Ok(self.loader.batcher.batch(items, &self.loader.device)))
     }
 }
 
 impl DataLoaderIterator<ClassificationBatch> for EpochIter<'_> {
     fn progress(&self) -> Progress {
-        Progress::new(self.position, self.order.len(), Some("items".into()))
+        Progress::new(self.position, self.loader.items.len(), Some("items".into()))
     }
 }
 
@@ -158,7 +201,7 @@ impl DataLoader<ClassificationBatch> for EpochLoader {
         }
         Box::new(EpochIter {
             loader: self,
-            order: self.order(epoch),
+            batches: self.batches(epoch).into_iter(),
             position: 0,
         })
     }
@@ -251,5 +294,65 @@ mod tests {
         let expect: Vec<i64> = e2[..4].iter().map(|&i| i as i64).collect();
         assert_eq!(first_ids, expect);
         assert_eq!(it.progress().items_processed, 4);
+    }
+
+    #[test]
+    fn length_grouped_batches_hold_similar_lengths_and_are_seeded() {
+        let device = Device::default();
+        // 1000 items of lengths 1..=40 in a scrambled order.
+        let items: Vec<Example> = (0..1000)
+            .map(|i| tagged(i as u32, 1 + (i * 7919) % 40, i % 2))
+            .collect();
+        let loader = |seed| {
+            EpochLoader::new(
+                items.clone(),
+                ClassificationBatcher { pad_id: 0 },
+                8,
+                &device,
+            )
+            .shuffled(seed)
+            .grouped_by_length(true)
+        };
+        let a = loader(3);
+        let batches = a.batches(1);
+        // Every item once, in batches of 8.
+        let mut all: Vec<usize> = batches.iter().flatten().copied().collect();
+        all.sort();
+        assert_eq!(all, (0..1000).collect::<Vec<_>>());
+        assert!(batches.iter().all(|b| b.len() == 8));
+        // Padding: within a batch, lengths differ by little (the whole set spans 1..40).
+        let len = |i: usize| items[i].encoded.len();
+        let spread: usize = batches
+            .iter()
+            .map(|b| {
+                b.iter().map(|&i| len(i)).max().unwrap() - b.iter().map(|&i| len(i)).min().unwrap()
+            })
+            .sum();
+        assert!(
+            spread < batches.len() * 2,
+            "mean spread {}",
+            spread as f64 / batches.len() as f64
+        );
+        // The batch order is shuffled (not sorted by length) and seeded by (seed, epoch).
+        let first_lengths: Vec<usize> = batches.iter().take(10).map(|b| len(b[0])).collect();
+        assert!(
+            first_lengths.windows(2).any(|w| w[0] > w[1]),
+            "{first_lengths:?}"
+        );
+        assert_eq!(loader(3).batches(1), batches);
+        assert_ne!(a.batches(2), batches);
+        assert_ne!(loader(4).batches(1), batches);
+        // Served in that order, and the same after a resume.
+        let resumed = loader(3).starting_after_epoch(1);
+        let first = resumed.iter().next().unwrap().unwrap();
+        let ids: Vec<i64> = first
+            .input
+            .input_ids
+            .narrow(1, 0, 1)
+            .into_data()
+            .iter::<i64>()
+            .collect();
+        let want: Vec<i64> = a.batches(2)[0].iter().map(|&i| i as i64).collect();
+        assert_eq!(ids, want);
     }
 }

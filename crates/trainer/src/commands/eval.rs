@@ -186,15 +186,18 @@ pub fn evaluate(
     let k = model.num_labels();
     let mut confusion = Confusion::new(k);
     let mut loss_sum = 0.0;
-    let mut probabilities = Vec::with_capacity(examples.len());
-    for chunk in examples.chunks(batch_size.max(1)) {
-        let batch = batcher.batch(chunk.to_vec(), device);
-        let step = model.forward_classification(batch);
+    let mut probabilities = vec![Vec::new(); examples.len()];
+    // Batched by token length (less padding, the same results), reported in input order.
+    let mut order: Vec<usize> = (0..examples.len()).collect();
+    order.sort_by_key(|&i| examples[i].encoded.len());
+    for chunk in order.chunks(batch_size.max(1)) {
+        let items = chunk.iter().map(|&i| examples[i].clone()).collect();
+        let step = model.forward_classification(batcher.batch(items, device));
         let loss = step.loss.into_scalar::<f32>() as f64;
         loss_sum += loss * chunk.len() as f64;
-        for (e, p) in chunk.iter().zip(softmax_rows(step.logits)?) {
-            confusion.add(e.label, argmax(&p).0);
-            probabilities.push(p);
+        for (&i, p) in chunk.iter().zip(softmax_rows(step.logits)?) {
+            confusion.add(examples[i].label, argmax(&p).0);
+            probabilities[i] = p;
         }
     }
     Ok(Evaluation {

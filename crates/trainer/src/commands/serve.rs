@@ -173,7 +173,8 @@ pub fn run(args: ServeArgs) -> Result<()> {
         .collect();
     let api_keys = read_api_keys(&args)?;
     let (tx, rx) = mpsc::channel::<Job>(1024);
-    let worker_up = Arc::new(AtomicBool::new(false));
+    // Up from the start: jobs wait in the channel until the thread takes them.
+    let worker_up = Arc::new(AtomicBool::new(true));
     let shared = Arc::new(Shared {
         worker_up: worker_up.clone(),
         api_keys,

@@ -166,6 +166,7 @@ impl Session {
         let labels = data.labels.names().to_vec();
         let train_loader = EpochLoader::new(data.train, batcher, batch, device)
             .shuffled(config.train.seed)
+            .grouped_by_length(config.train.group_by_length)
             .reseeding_device(config.train.seed)
             .starting_after_epoch(self.resume_from.unwrap_or(0));
         let valid_loader = EpochLoader::new(data.valid, batcher, batch, device);
