@@ -133,16 +133,39 @@ impl EpochLoader {
         }
         let mut batches: Vec<Vec<usize>> = Vec::new();
         for window in order.chunks(self.batch_size * GROUP_WINDOW) {
-            let mut window = window.to_vec();
-            // Stable: equal lengths keep their shuffled order.
-            window.sort_by_key(|&i| self.items[i].encoded.len());
-            batches.extend(window.chunks(self.batch_size).map(<[usize]>::to_vec));
+            batches.extend(self.length_batches(window));
         }
         if let Some(seed) = self.shuffle_seed {
             let shuffled = permutation(batches.len(), epoch_seed(seed ^ 0x6C65_6E67, epoch));
             let mut slots: Vec<Option<Vec<usize>>> = batches.into_iter().map(Some).collect();
             batches = shuffled.iter().filter_map(|&i| slots[i].take()).collect();
         }
+        batches
+    }
+
+    /// One window's batches of similar length. Each class is sorted by length on its own
+    /// and batch `j` takes the `j`-th length slice of every class: batches keep the window's
+    /// class mix (a batch of one class would pull the head one way per step, as headline
+    /// length and clickbait go together) while their lengths stay close.
+    fn length_batches(&self, window: &[usize]) -> Vec<Vec<usize>> {
+        let n = window.len().div_ceil(self.batch_size);
+        let mut by_class: std::collections::BTreeMap<usize, Vec<usize>> = Default::default();
+        for &i in window {
+            by_class.entry(self.items[i].label).or_default().push(i);
+        }
+        let mut batches = vec![Vec::with_capacity(self.batch_size); n];
+        for members in by_class.values_mut() {
+            // Stable: equal lengths keep their shuffled order.
+            members.sort_by_key(|&i| self.items[i].encoded.len());
+            let m = members.len();
+            for (j, batch) in batches.iter_mut().enumerate() {
+                batch.extend_from_slice(&members[j * m / n..(j + 1) * m / n]);
+            }
+        }
+        for batch in &mut batches {
+            batch.sort_by_key(|&i| self.items[i].encoded.len());
+        }
+        batches.retain(|b| !b.is_empty());
         batches
     }
 
@@ -315,11 +338,20 @@ mod tests {
         };
         let a = loader(3);
         let batches = a.batches(1);
-        // Every item once, in batches of 8.
+        // Every item once; as many batches as without grouping, each of about 8 (the classes
+        // are split in proportion), with the window's class mix.
         let mut all: Vec<usize> = batches.iter().flatten().copied().collect();
         all.sort();
         assert_eq!(all, (0..1000).collect::<Vec<_>>());
-        assert!(batches.iter().all(|b| b.len() == 8));
+        assert_eq!(batches.len(), 125);
+        assert!(
+            batches.iter().all(|b| (7..=9).contains(&b.len())),
+            "{batches:?}"
+        );
+        for b in &batches {
+            let ones = b.iter().filter(|&&i| items[i].label == 1).count();
+            assert!((3..=5).contains(&ones), "a batch of one class: {b:?}");
+        }
         // Padding: within a batch, lengths differ by little (the whole set spans 1..40).
         let len = |i: usize| items[i].encoded.len();
         let spread: usize = batches
@@ -329,7 +361,7 @@ mod tests {
             })
             .sum();
         assert!(
-            spread < batches.len() * 2,
+            spread < batches.len() * 4,
             "mean spread {}",
             spread as f64 / batches.len() as f64
         );
