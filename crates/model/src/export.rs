@@ -51,11 +51,6 @@ pub fn write_hf_classifier(
     if let Some(reason) = peft.method().export_refusal() {
         return Err(refuse(reason));
     }
-    if model.peft.is_some() {
-        return Err(refuse(
-            "the model has a module of its own beside BERT, which a plain BERT cannot hold",
-        ));
-    }
     let tensors = params::collect(&model.clone().merged(), |_| true);
     let hf: BTreeMap<String, RawTensor> = tensors
         .into_iter()

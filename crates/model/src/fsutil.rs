@@ -5,30 +5,22 @@ use std::path::Path;
 
 use crate::error::{ModelError, Result};
 
-/// Writes `bytes` to `path` atomically: a temp file in the same directory, fsync, rename.
-/// Readers see the old file or the new one, never a partial write.
+/// Writes `bytes` to `path` atomically (through [`AtomicFile`]): readers see the old file or
+/// the new one, never a partial write.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let dir = match path.parent() {
+    let file = AtomicFile::create(path)?;
+    file.file()
+        .write_all(bytes)
+        .map_err(|e| ModelError::io(path, e))?;
+    file.persist()
+}
+
+/// The directory a file at `path` goes in (`.` for a bare file name).
+fn parent_dir(path: &Path) -> &Path {
+    match path.parent() {
         Some(p) if !p.as_os_str().is_empty() => p,
         _ => Path::new("."),
-    };
-    std::fs::create_dir_all(dir).map_err(|e| ModelError::io(dir, e))?;
-    let file_name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let tmp = dir.join(format!(".{file_name}.tmp{}", std::process::id()));
-    let result = (|| {
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, path)
-    })();
-    if let Err(e) = result {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(ModelError::io(path, e));
     }
-    Ok(())
 }
 
 /// A file written in place of `path` all at once: until [`AtomicFile::persist`] it has no name
@@ -43,11 +35,8 @@ pub struct AtomicFile {
 
 impl AtomicFile {
     pub fn create(path: &Path) -> Result<Self> {
-        let dir = match path.parent() {
-            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-            _ => Path::new(".").to_path_buf(),
-        };
-        std::fs::create_dir_all(&dir).map_err(|e| ModelError::io(&dir, e))?;
+        let dir = parent_dir(path);
+        std::fs::create_dir_all(dir).map_err(|e| ModelError::io(dir, e))?;
         #[cfg(target_os = "linux")]
         {
             use std::os::unix::fs::OpenOptionsExt;
@@ -55,7 +44,7 @@ impl AtomicFile {
                 .write(true)
                 .mode(0o666)
                 .custom_flags(libc::O_TMPFILE)
-                .open(&dir);
+                .open(dir);
             if let Ok(file) = unnamed {
                 return Ok(Self {
                     file,
@@ -64,7 +53,7 @@ impl AtomicFile {
                 });
             }
         }
-        let tmp = temp_name(&dir, path);
+        let tmp = temp_name(dir, path);
         let file = std::fs::OpenOptions::new()
             .write(true)
             .create(true)
@@ -103,11 +92,7 @@ impl AtomicFile {
         use std::ffi::CString;
         use std::os::fd::AsRawFd;
         use std::os::unix::ffi::OsStrExt;
-        let dir = match self.path.parent() {
-            Some(p) if !p.as_os_str().is_empty() => p,
-            _ => Path::new("."),
-        };
-        let tmp = temp_name(dir, &self.path);
+        let tmp = temp_name(parent_dir(&self.path), &self.path);
         let _ = std::fs::remove_file(&tmp);
         let fd_path = CString::new(format!("/proc/self/fd/{}", self.file.as_raw_fd()))
             .expect("no NUL in a number");

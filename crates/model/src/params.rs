@@ -80,14 +80,8 @@ impl<F: Fn(&str) -> bool> ModuleVisitor for Collector<'_, F> {
     fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
         let path = self.stack.path();
         if (self.select)(&path) {
-            let t = param.val();
-            let shape = t.dims().to_vec();
-            let data = t
-                .into_data()
-                .convert::<f32>()
-                .try_to_vec::<f32>()
-                .expect("f32 data");
-            self.out.insert(path, RawTensor::new(shape, data));
+            let t = RawTensor::from_tensor(param.val()).expect("float parameters read as f32");
+            self.out.insert(path, t);
         }
     }
 }

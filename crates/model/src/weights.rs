@@ -42,6 +42,17 @@ impl RawTensor {
         RawTensor::new(vec![c, r], data)
     }
 
+    /// A tensor's values on the host, as f32.
+    pub fn from_tensor<const D: usize>(t: Tensor<D>) -> Result<Self> {
+        let shape = t.dims().to_vec();
+        let data = t
+            .into_data()
+            .convert::<f32>()
+            .try_to_vec::<f32>()
+            .map_err(|e| ModelError::Other(format!("reading a tensor back: {e:?}")))?;
+        Ok(Self::new(shape, data))
+    }
+
     pub fn to_tensor<const D: usize>(&self, device: &Device) -> Tensor<D> {
         Tensor::from_data(
             TensorData::new(self.data.clone(), self.shape.clone()),

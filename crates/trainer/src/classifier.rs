@@ -2,6 +2,7 @@
 //! loaded from a run directory, a base model plus a peft adapter, or a fine-tuned HF
 //! classifier. `predict`, `eval`, `serve`, `bench` and `export` all go through it.
 
+use std::collections::BTreeMap;
 use std::path::Path;
 
 use anyhow::{Context, Result, bail};
@@ -15,7 +16,7 @@ use burn::prelude::*;
 use burn::tensor::activation::softmax;
 
 use crate::config::TrainConfig;
-use crate::run::{RunDir, build_model, upgrade_keys};
+use crate::run::{RunDir, build_model};
 use crate::threshold::Threshold;
 
 /// A trained classifier: from a run directory, or a base model plus a peft adapter.
@@ -250,6 +251,17 @@ impl Classifier {
         }
         Ok(out)
     }
+}
+
+/// Renames keys that an older version of the method named otherwise.
+fn upgrade_keys(
+    peft: &PeftConfig,
+    tensors: BTreeMap<String, bert_model::weights::RawTensor>,
+) -> BTreeMap<String, bert_model::weights::RawTensor> {
+    tensors
+        .into_iter()
+        .map(|(k, v)| (peft.method().upgrade_key(&k).unwrap_or(k), v))
+        .collect()
 }
 
 /// Every text the tokenizer can produce fits the model's positions after the virtual tokens.

@@ -1,5 +1,5 @@
-//! The run directory: everything a training run leaves behind, and loading a trained model
-//! back from it.
+//! The run directory: everything a training run leaves behind (loaded back as a
+//! [`crate::classifier::Classifier`]).
 //!
 //! ```text
 //! runs/<name>/
@@ -16,13 +16,11 @@
 //!                          last epoch and of the best one
 //! ```
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use anyhow::Result;
 use bert_model::Pretrained;
 use bert_model::classifier::BertClassifier;
-use bert_model::peft::PeftConfig;
 use burn::prelude::*;
 
 use crate::config::TrainConfig;
@@ -111,15 +109,4 @@ pub fn write_json(path: &Path, value: &serde_json::Value) -> Result<()> {
     text.push('\n');
     bert_model::fsutil::write_atomic(path, text.as_bytes())?;
     Ok(())
-}
-
-/// Renames keys that an older version of the method named otherwise.
-pub fn upgrade_keys(
-    peft: &PeftConfig,
-    tensors: BTreeMap<String, bert_model::weights::RawTensor>,
-) -> BTreeMap<String, bert_model::weights::RawTensor> {
-    tensors
-        .into_iter()
-        .map(|(k, v)| (peft.method().upgrade_key(&k).unwrap_or(k), v))
-        .collect()
 }

@@ -131,9 +131,23 @@ impl AdapterFiles {
         Ok((head, rest))
     }
 
+    /// A prompt-learning adapter's parameters: the head, and `prompt_embeddings` `[n, width]`
+    /// as the embedding of the module at `module` (e.g. `prefix_encoder`); and `n`.
+    pub fn read_prompt(
+        &self,
+        bert: &BertConfig,
+        width: usize,
+        module: &str,
+    ) -> Result<(Tensors, usize)> {
+        let (mut tensors, rest) = self.split_head(HEAD_PREFIX, bert)?;
+        let (prompt, n) = self.prompt(&rest, width)?;
+        tensors.insert(format!("{module}.embedding.weight"), prompt);
+        Ok((tensors, n))
+    }
+
     /// Prompt learning's `prompt_embeddings` `[n, width]`, alone beside the head, and `n`
     /// checked against `num_virtual_tokens`.
-    pub fn prompt(&self, rest: &Tensors, width: usize) -> Result<(RawTensor, usize)> {
+    fn prompt(&self, rest: &Tensors, width: usize) -> Result<(RawTensor, usize)> {
         if let Some(key) = rest.keys().find(|k| *k != PROMPT) {
             return Err(self.wrong(format!(
                 "unexpected tensor `{key}` in a {} adapter",
@@ -160,11 +174,19 @@ impl AdapterFiles {
     }
 }
 
-/// Prompt learning's shared `adapter_config.json` fields.
-pub fn virtual_token_fields(
-    n: usize,
-    bert: &BertConfig,
-) -> serde_json::Map<String, serde_json::Value> {
+/// A prompt-learning adapter's parts: the virtual tokens `[n, width]` as `prompt_embeddings`,
+/// with the config fields prompt learning shares (the method adds its own).
+pub fn prompt_parts(embeddings: Tensor<2>, bert: &BertConfig) -> Result<AdapterParts> {
+    let prompt = RawTensor::from_tensor(embeddings)?;
+    let fields = virtual_token_fields(prompt.shape[0], bert);
+    Ok(AdapterParts {
+        tensors: Tensors::from([(PROMPT.to_string(), prompt)]),
+        fields,
+        head_prefix: HEAD_PREFIX,
+    })
+}
+
+fn virtual_token_fields(n: usize, bert: &BertConfig) -> serde_json::Map<String, serde_json::Value> {
     let mut f = serde_json::Map::new();
     f.insert("num_virtual_tokens".into(), n.into());
     f.insert("token_dim".into(), bert.hidden_size.into());
@@ -175,17 +197,6 @@ pub fn virtual_token_fields(
     );
     f.insert("num_transformer_submodules".into(), 1.into());
     f
-}
-
-/// A tensor to the host as f32.
-pub fn host<const D: usize>(t: Tensor<D>) -> Result<RawTensor> {
-    let shape = t.dims().to_vec();
-    let data = t
-        .into_data()
-        .convert::<f32>()
-        .try_to_vec::<f32>()
-        .map_err(|e| ModelError::Other(format!("reading a tensor back: {e:?}")))?;
-    Ok(RawTensor::new(shape, data))
 }
 
 /// Reads a peft adapter directory for a BERT with config `bert`.
@@ -307,11 +318,11 @@ pub fn write(
     let head = parts.head_prefix;
     tensors.insert(
         format!("{head}.weight"),
-        host(model.classifier.weight.val())?.transposed(),
+        RawTensor::from_tensor(model.classifier.weight.val())?.transposed(),
     );
     let n = model.num_labels();
     let bias = match &model.classifier.bias {
-        Some(b) => host(b.val())?,
+        Some(b) => RawTensor::from_tensor(b.val())?,
         None => RawTensor::new(vec![n], vec![0.0; n]),
     };
     tensors.insert(format!("{head}.bias"), RawTensor::new(vec![n], bias.data));

@@ -46,12 +46,6 @@ pub trait Method {
     /// Range and consistency checks; the message names the `peft.<key>` at fault.
     fn validate(&self) -> std::result::Result<(), String>;
 
-    /// Tokens the method puts before the text (prompt embeddings, or key/value prefixes that
-    /// shift the text's positions by as many): they share BERT's position table with it.
-    fn num_virtual_tokens(&self) -> usize {
-        0
-    }
-
     /// Whether the pretrained BERT stays frozen.
     fn freezes_base(&self) -> bool {
         true
@@ -201,12 +195,6 @@ impl Default for PeftConfig {
     }
 }
 
-impl std::fmt::Display for PeftType {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
 impl PeftConfig {
     /// The name used in logs and reports.
     pub fn name(&self) -> &'static str {
@@ -221,11 +209,6 @@ impl PeftConfig {
     /// See [`Method::freezes_base`].
     pub fn freezes_base(&self) -> bool {
         self.method().freezes_base()
-    }
-
-    /// See [`Method::num_virtual_tokens`].
-    pub fn num_virtual_tokens(&self) -> usize {
-        self.method().num_virtual_tokens()
     }
 
     /// See [`Method::validate`].

@@ -10,7 +10,7 @@ use burn::nn::{Embedding, EmbeddingConfig, Linear, LinearConfig};
 use burn::prelude::*;
 use serde::{Deserialize, Serialize};
 
-use super::adapter::{HEAD_PREFIX, host, virtual_token_fields};
+use super::adapter::prompt_parts;
 use super::{
     AdapterFiles, AdapterParts, Method, PeftConfig, PeftModule, Tensors,
     VIRTUAL_TOKENS_CANNOT_EXPORT, positive,
@@ -75,10 +75,6 @@ impl Method for PrefixTuningConfig {
         Ok(())
     }
 
-    fn num_virtual_tokens(&self) -> usize {
-        self.num_virtual_tokens
-    }
-
     fn attach(
         &self,
         bert: BertModel,
@@ -105,30 +101,20 @@ impl Method for PrefixTuningConfig {
         let Some(PeftModule::PrefixEncoder(encoder)) = &model.peft else {
             return Err(ModelError::Other("the model has no prefix encoder".into()));
         };
-        let mut tensors = Tensors::new();
-        tensors.insert(
-            super::adapter::PROMPT.into(),
-            host(encoder.prefix_embeddings())?,
-        );
-        let mut fields = virtual_token_fields(self.num_virtual_tokens, bert);
-        fields.insert(
+        let mut parts = prompt_parts(encoder.prefix_embeddings(), bert)?;
+        let f = &mut parts.fields;
+        f.insert(
             "encoder_hidden_size".into(),
             self.encoder_hidden_size.into(),
         );
-        fields.insert("prefix_projection".into(), self.prefix_projection.into());
-        Ok(Some(AdapterParts {
-            tensors,
-            fields,
-            head_prefix: HEAD_PREFIX,
-        }))
+        f.insert("prefix_projection".into(), self.prefix_projection.into());
+        Ok(Some(parts))
     }
 
     /// peft saves the prefix after the projection MLP: it loads as a plain prefix embedding.
     fn read_adapter(files: &AdapterFiles, bert: &BertConfig) -> Result<(PeftConfig, Tensors)> {
-        let (mut tensors, rest) = files.split_head(HEAD_PREFIX, bert)?;
         let width = bert.num_hidden_layers * 2 * bert.hidden_size;
-        let (prompt, n) = files.prompt(&rest, width)?;
-        tensors.insert("prefix_encoder.embedding.weight".into(), prompt);
+        let (tensors, n) = files.read_prompt(bert, width, "prefix_encoder")?;
         let config = PrefixTuningConfig::new().with_num_virtual_tokens(n);
         Ok((PeftConfig::PrefixTuning(config), tensors))
     }

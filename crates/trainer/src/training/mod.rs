@@ -26,7 +26,7 @@ use burn::train::metric::{AccuracyMetric, LearningRateMetric, LossMetric};
 use burn::train::{EarlyStoppingStrategy, Learner, LearningResult, SupervisedTraining};
 use serde_json::json;
 
-use crate::config::TrainConfig;
+use crate::config::{SelectMetric, TrainConfig};
 use crate::metrics::{ConfusionMetric, MetricKey, ThroughputMetric};
 use crate::progress::thousands;
 use crate::renderer::{EpochRecord, History, renderer};
@@ -208,10 +208,10 @@ impl Session {
                 .metric_train_numeric(ConfusionMetric::class_accuracy(i, label, n))
                 .metric_valid_numeric(ConfusionMetric::class_accuracy(i, label, n));
         }
-        let best = match MetricKey::from(select) {
-            MetricKey::MacroF1 => best_by(&ConfusionMetric::macro_f1(n), select),
-            MetricKey::Accuracy => best_by(&AccuracyMetric::new(), select),
-            _ => best_by(&LossMetric::new(), select),
+        let best = match select {
+            SelectMetric::MacroF1 => best_by(&ConfusionMetric::macro_f1(n), select),
+            SelectMetric::Accuracy => best_by(&AccuracyMetric::new(), select),
+            SelectMetric::Loss => best_by(&LossMetric::new(), select),
         };
         let [model_ckpt, optim_ckpt, scheduler_ckpt] =
             crate::checkpoint::checkpointers(&run.checkpoints());
@@ -331,7 +331,7 @@ impl Session {
 /// Keeps the epoch with the best validation value of `metric`.
 fn best_by<M: burn::train::metric::Metric>(
     metric: &M,
-    select: crate::config::SelectMetric,
+    select: SelectMetric,
 ) -> MetricCheckpointingStrategy {
     MetricCheckpointingStrategy::new(metric, Aggregate::Mean, select.direction(), Split::Valid)
 }

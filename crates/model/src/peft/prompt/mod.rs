@@ -16,7 +16,7 @@ use burn::prelude::*;
 use burn::tensor::activation::relu;
 use serde::{Deserialize, Serialize};
 
-use super::adapter::{HEAD_PREFIX, PROMPT, host, virtual_token_fields};
+use super::adapter::prompt_parts;
 use super::{
     AdapterFiles, AdapterParts, Method, PeftConfig, PeftModule, Tensors,
     VIRTUAL_TOKENS_CANNOT_EXPORT, positive, probability,
@@ -78,10 +78,6 @@ impl Method for PromptTuningConfig {
         Ok(())
     }
 
-    fn num_virtual_tokens(&self) -> usize {
-        self.num_virtual_tokens
-    }
-
     fn attach(
         &self,
         bert: BertModel,
@@ -135,7 +131,7 @@ impl Method for PromptTuningConfig {
         bert: &BertConfig,
         base: &str,
     ) -> Result<Option<AdapterParts>> {
-        let mut parts = prompt_parts(model, self.num_virtual_tokens, bert)?;
+        let mut parts = soft_prompt_parts(model, bert)?;
         let text = self.prompt_tuning_init == PromptTuningInit::Text;
         let f = &mut parts.fields;
         f.insert(
@@ -161,9 +157,7 @@ impl Method for PromptTuningConfig {
     /// Prompt tuning and p-tuning (MLP or LSTM) alike: peft saves the final vectors, which load
     /// as a plain prompt.
     fn read_adapter(files: &AdapterFiles, bert: &BertConfig) -> Result<(PeftConfig, Tensors)> {
-        let (mut tensors, rest) = files.split_head(HEAD_PREFIX, bert)?;
-        let (prompt, n) = files.prompt(&rest, bert.hidden_size)?;
-        tensors.insert("prompt_encoder.embedding.weight".into(), prompt);
+        let (tensors, n) = files.read_prompt(bert, bert.hidden_size, "prompt_encoder")?;
         let config = PromptTuningConfig {
             num_virtual_tokens: n,
             ..Default::default()
@@ -177,17 +171,11 @@ impl Method for PromptTuningConfig {
 }
 
 /// The soft prompt as peft saves it, with prompt learning's config fields.
-fn prompt_parts(model: &BertClassifier, n: usize, bert: &BertConfig) -> Result<AdapterParts> {
+fn soft_prompt_parts(model: &BertClassifier, bert: &BertConfig) -> Result<AdapterParts> {
     let Some(PeftModule::PromptEncoder(encoder)) = &model.peft else {
         return Err(ModelError::Other("the model has no prompt encoder".into()));
     };
-    let mut tensors = Tensors::new();
-    tensors.insert(PROMPT.into(), host(encoder.prompt_embeddings())?);
-    Ok(AdapterParts {
-        tensors,
-        fields: virtual_token_fields(n, bert),
-        head_prefix: HEAD_PREFIX,
-    })
+    prompt_parts(encoder.prompt_embeddings(), bert)
 }
 
 /// The reparameterisation of p-tuning (peft's `PromptEncoderReparameterizationType`).
@@ -268,10 +256,6 @@ impl Method for PromptEncoderConfig {
         Ok(())
     }
 
-    fn num_virtual_tokens(&self) -> usize {
-        self.num_virtual_tokens
-    }
-
     fn attach(
         &self,
         bert: BertModel,
@@ -288,7 +272,7 @@ impl Method for PromptEncoderConfig {
         bert: &BertConfig,
         _base: &str,
     ) -> Result<Option<AdapterParts>> {
-        let mut parts = prompt_parts(model, self.num_virtual_tokens, bert)?;
+        let mut parts = soft_prompt_parts(model, bert)?;
         let f = &mut parts.fields;
         f.insert(
             "encoder_hidden_size".into(),
