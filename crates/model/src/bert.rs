@@ -14,6 +14,7 @@ use burn::tensor::activation;
 
 use crate::config::BertConfig;
 use crate::dropout::{Dropout, DropoutConfig};
+use crate::kernels;
 use crate::peft::lora::LoraLinear;
 
 /// Key/value tensors prepended to one layer's attention, each `[batch, heads, prefix_len, head_dim]`.
@@ -160,8 +161,9 @@ impl BertSelfAttention {
             key = Tensor::cat(vec![prefix.key.clone(), key], 2);
             value = Tensor::cat(vec![prefix.value.clone(), value], 2);
         }
-        let scores = query.matmul(key.swap_dims(2, 3)) / (head_dim as f64).sqrt() + mask_bias;
-        let probs = self.dropout.forward(activation::softmax(scores, 3));
+        let scores = query.matmul(key.swap_dims(2, 3));
+        let probs = kernels::masked_softmax(scores, mask_bias, 1.0 / (head_dim as f64).sqrt());
+        let probs = self.dropout.forward(probs);
         probs
             .matmul(value)
             .swap_dims(1, 2)
@@ -227,7 +229,7 @@ impl Activation {
 
     fn forward(&self, x: Tensor<3>) -> Tensor<3> {
         match self {
-            Self::Gelu => activation::gelu(x),
+            Self::Gelu => kernels::gelu(x),
             Self::GeluNew => activation::gelu_approximate(x),
             Self::Relu => activation::relu(x),
         }

@@ -55,7 +55,7 @@ impl Dropout {
             return input;
         }
         let keep = 1.0 - self.prob;
-        if !is_cpu(&device) {
+        if !crate::kernels::is_host(&device) {
             let random = input.random_like(Distribution::Bernoulli(keep));
             return input * random * (1.0 / keep);
         }
@@ -63,14 +63,6 @@ impl Dropout {
         let mask = bernoulli_mask(shape.num_elements(), keep, draw_seed(&device));
         input * Tensor::<D>::from_data(TensorData::new(mask, shape), &device)
     }
-}
-
-/// Whether `device` (or the device an autodiff device wraps) computes on the host. The dispatch
-/// enum's variants are behind Burn's own features, which this crate does not name, so its
-/// debug form tells.
-fn is_cpu(device: &Device) -> bool {
-    let name = format!("{:?}", device.clone().inner());
-    name.contains("Flex") || name.contains("NdArray")
 }
 
 /// 64 bits from the device's seeded RNG (three uniform floats' mantissas).

@@ -17,6 +17,7 @@ pub mod dropout;
 pub mod error;
 pub mod export;
 pub mod fsutil;
+pub mod kernels;
 pub mod load;
 pub mod params;
 pub mod peft;

@@ -18,6 +18,22 @@ mod training;
 
 use std::process::ExitCode;
 
+/// mimalloc, never returning freed memory to the OS (see [`keep_freed_memory`]), instead of
+/// glibc's malloc: a forward and backward pass allocate and free hundreds of tensor buffers of a
+/// few MB each, which glibc unmaps and then takes back page by page (page faults, zeroing and
+/// their locks were ~15% of a training profile on Flex).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+/// Turns off mimalloc's purging of freed memory, so the process keeps its high-water mark
+/// (about 0.9 GB while training MiniLM at batch 128) and reuses it without page faults.
+fn keep_freed_memory() {
+    /// `mi_option_purge_delay` in mimalloc.h (the same index in mimalloc 2 and 3); -1 = never.
+    const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
+    // SAFETY: sets a process-wide integer option; mimalloc reads it on its next purge.
+    unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, -1) };
+}
+
 use clap::{Parser, Subcommand};
 
 #[derive(Parser, Debug)]
@@ -54,6 +70,7 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    keep_freed_memory();
     let cli = Cli::parse();
     if let Err(e) = device::select(cli.device.as_deref()) {
         eprintln!("error: {e:#}");

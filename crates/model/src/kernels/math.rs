@@ -1,0 +1,263 @@
+//! Branch-free `exp` and `erf` for `f32` that the compiler vectorises, and the loops that apply
+//! them across a buffer on every core.
+//!
+//! libm's `erff`/`expf` are scalar calls, so a loop over them runs one element at a time: a
+//! training profile of MiniLM on Flex put exact GELU's `erff` at 8-9% of the time. These
+//! versions are polynomials with selects instead of branches, so each loop below becomes AVX2 or
+//! AVX-512 code (chosen at run time) and splits across rayon's threads when large enough.
+
+use rayon::prelude::*;
+
+/// Elements per parallel task: below twice this a loop stays on the calling thread, where
+/// the rayon hand-off would cost more than the work.
+const CHUNK: usize = 16 * 1024;
+
+const LOG2_E: f32 = std::f32::consts::LOG2_E;
+/// ln 2 split in two (Cephes) so that `x - n ln 2` keeps its low bits.
+const LN2_HI: f32 = 0.693_359_4;
+const LN2_LO: f32 = -2.121_944_4e-4;
+/// `1.5 * 2^23`: adding and subtracting it rounds to the nearest integer without a call.
+const ROUND_MAGIC: f32 = 12_582_912.0;
+
+/// `e^x` within 2 ulp for `x` in `[-87.3, 88.3]`; 0 below that range. Above it the result
+/// stays `e^88.3` (callers here only pass `x <= 0`).
+#[inline(always)]
+pub fn exp(x: f32) -> f32 {
+    let clamped = x.clamp(-87.3, 88.3);
+    let n = (clamped * LOG2_E + ROUND_MAGIC) - ROUND_MAGIC;
+    let r = clamped - n * LN2_HI - n * LN2_LO;
+    let p = ((((1.987_569_1e-4 * r + 1.398_199_9e-3) * r + 8.333_452e-3) * r + 4.166_579_6e-2) * r
+        + 1.666_666_5e-1)
+        * r
+        + 0.5;
+    let y = p * r * r + r + 1.0;
+    let scale = f32::from_bits(((n as i32 + 127) as u32) << 23);
+    if x < -87.3 { 0.0 } else { y * scale }
+}
+
+/// `erf(x)`: a rational minimax approximation on `[-4, 4]` (beyond which `erf` is ±1 in `f32`),
+/// as Eigen and XLA use; within 5e-7 of the exact value (the worst case, near |x| = 3.7, is
+/// a few units in the last place of a value near ±1).
+#[inline(always)]
+pub fn erf(x: f32) -> f32 {
+    let x = x.clamp(-4.0, 4.0);
+    let x2 = x * x;
+    let p = ((((((-2.726_142_3e-10 * x2 + 2.770_681_4e-8) * x2 - 2.101_024e-6) * x2
+        - 5.692_506_4e-5)
+        * x2
+        - 7.349_906_3e-4)
+        * x2
+        - 2.954_6e-3)
+        * x2
+        - 1.609_603_3e-2)
+        * x;
+    let q = (((-1.456_607_2e-5 * x2 - 2.133_740_6e-4) * x2 - 1.682_827e-3) * x2 - 7.373_329e-3)
+        * x2
+        - 1.426_474e-2;
+    p / q
+}
+
+/// Exact (erf) GELU, `x Φ(x)`, as HF's `gelu`.
+#[inline(always)]
+pub fn gelu(x: f32) -> f32 {
+    0.5 * x * (1.0 + erf(x * std::f32::consts::FRAC_1_SQRT_2))
+}
+
+/// `d gelu / dx = Φ(x) + x φ(x)`.
+#[inline(always)]
+pub fn gelu_grad(x: f32) -> f32 {
+    const INV_SQRT_2PI: f32 = 0.398_942_3;
+    let cdf = 0.5 * (1.0 + erf(x * std::f32::consts::FRAC_1_SQRT_2));
+    cdf + x * INV_SQRT_2PI * exp(-0.5 * x * x)
+}
+
+/// Runs `body` compiled for the widest vector unit this CPU has (AVX-512, AVX2 + FMA, or the
+/// baseline), so the polynomials above vectorise without building for one CPU. `body` (and the
+/// element function inside it) must be `#[inline(always)]`: code that is not inlined into the
+/// `target_feature` functions below is compiled for the baseline.
+#[inline(always)]
+fn widest<R>(body: impl FnOnce() -> R) -> R {
+    #[cfg(target_arch = "x86_64")]
+    {
+        #[target_feature(enable = "avx512f,avx512vl,avx2,fma")]
+        unsafe fn avx512<R>(body: impl FnOnce() -> R) -> R {
+            body()
+        }
+        #[target_feature(enable = "avx2,fma")]
+        unsafe fn avx2<R>(body: impl FnOnce() -> R) -> R {
+            body()
+        }
+        if std::is_x86_feature_detected!("avx512f") && std::is_x86_feature_detected!("avx512vl") {
+            // SAFETY: the features it is compiled for were detected on this CPU.
+            return unsafe { avx512(body) };
+        }
+        if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+            // SAFETY: as above.
+            return unsafe { avx2(body) };
+        }
+    }
+    body()
+}
+
+/// `out[i] = f(x[i])`, vectorised and split across threads.
+pub fn map(x: &[f32], out: &mut [f32], f: impl Fn(f32) -> f32 + Sync + Send + Copy) {
+    let run = |x: &[f32], out: &mut [f32]| {
+        widest(
+            #[inline(always)]
+            || {
+                for (o, &v) in out.iter_mut().zip(x) {
+                    *o = f(v);
+                }
+            },
+        )
+    };
+    if x.len() < 2 * CHUNK {
+        return run(x, out);
+    }
+    out.par_chunks_mut(CHUNK)
+        .zip(x.par_chunks(CHUNK))
+        .for_each(|(o, x)| run(x, o));
+}
+
+/// `x[i] = f(x[i])` in place.
+pub fn map_in_place(x: &mut [f32], f: impl Fn(f32) -> f32 + Sync + Send + Copy) {
+    let run = |x: &mut [f32]| {
+        widest(
+            #[inline(always)]
+            || {
+                for v in x.iter_mut() {
+                    *v = f(*v);
+                }
+            },
+        )
+    };
+    if x.len() < 2 * CHUNK {
+        return run(x);
+    }
+    x.par_chunks_mut(CHUNK).for_each(run);
+}
+
+/// `out[i] = f(a[i], b[i])`.
+pub fn zip_map(
+    a: &[f32],
+    b: &[f32],
+    out: &mut [f32],
+    f: impl Fn(f32, f32) -> f32 + Sync + Send + Copy,
+) {
+    let run = |a: &[f32], b: &[f32], out: &mut [f32]| {
+        widest(
+            #[inline(always)]
+            || {
+                for ((o, &a), &b) in out.iter_mut().zip(a).zip(b) {
+                    *o = f(a, b);
+                }
+            },
+        )
+    };
+    if a.len() < 2 * CHUNK {
+        return run(a, b, out);
+    }
+    out.par_chunks_mut(CHUNK)
+        .zip(a.par_chunks(CHUNK).zip(b.par_chunks(CHUNK)))
+        .for_each(|(o, (a, b))| run(a, b, o));
+}
+
+/// Calls `f(row_index, out_rows)` on groups of whole rows of `out` (`row_len` each), in
+/// parallel when there is enough work; `f` sees the index of its first row.
+pub fn for_rows(
+    out: &mut [f32],
+    row_len: usize,
+    f: impl Fn(usize, &mut [f32]) + Sync + Send + Copy,
+) {
+    if row_len == 0 {
+        return;
+    }
+    let rows_per_task = (CHUNK / row_len).max(1);
+    let run = |first: usize, rows: &mut [f32]| {
+        widest(
+            #[inline(always)]
+            || f(first, rows),
+        )
+    };
+    if out.len() < 2 * CHUNK {
+        return run(0, out);
+    }
+    out.par_chunks_mut(rows_per_task * row_len)
+        .enumerate()
+        .for_each(|(task, rows)| run(task * rows_per_task, rows));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn grid() -> impl Iterator<Item = f32> {
+        (-200_000..=200_000).map(|i| i as f32 * 1e-4)
+    }
+
+    #[test]
+    fn erf_is_within_float_precision_of_libm() {
+        let worst = grid()
+            .chain([-1e30, -9.0, 9.0, 1e30])
+            .map(|x| (erf(x) as f64 - libm::erf(x as f64)).abs())
+            .fold(0.0, f64::max);
+        assert!(worst < 5e-7, "max |erf - libm::erf| = {worst:e}");
+    }
+
+    #[test]
+    fn exp_is_within_float_precision_of_libm() {
+        let worst = (-870_000..=883_000)
+            .map(|i| i as f32 * 1e-4)
+            .map(|x| {
+                let exact = libm::exp(x as f64);
+                ((exp(x) as f64 - exact) / exact).abs()
+            })
+            .fold(0.0, f64::max);
+        assert!(worst < 3e-7, "max relative error {worst:e}");
+        assert_eq!(exp(-100.0), 0.0);
+        assert_eq!(exp(f32::NEG_INFINITY), 0.0);
+    }
+
+    #[test]
+    fn gelu_and_its_gradient_match_the_exact_formulas() {
+        for x in grid().step_by(7) {
+            let xd = x as f64;
+            let cdf = 0.5 * (1.0 + libm::erf(xd / std::f64::consts::SQRT_2));
+            let pdf = (-0.5 * xd * xd).exp() / (2.0 * std::f64::consts::PI).sqrt();
+            assert!(
+                (gelu(x) as f64 - xd * cdf).abs() < 1e-6 * (1.0 + xd.abs()),
+                "gelu({x})"
+            );
+            assert!(
+                (gelu_grad(x) as f64 - (cdf + xd * pdf)).abs() < 1e-6,
+                "gelu'({x})"
+            );
+        }
+    }
+
+    #[test]
+    fn parallel_loops_cover_every_element_once() {
+        let n = 5 * CHUNK + 123;
+        let x: Vec<f32> = (0..n).map(|i| i as f32).collect();
+        let mut out = vec![0.0; n];
+        map(&x, &mut out, |v| v + 1.0);
+        assert!(out.iter().enumerate().all(|(i, &v)| v == i as f32 + 1.0));
+        let mut y = x.clone();
+        map_in_place(&mut y, |v| v * 2.0);
+        assert!(y.iter().enumerate().all(|(i, &v)| v == 2.0 * i as f32));
+        zip_map(&x, &y, &mut out, |a, b| b - a);
+        assert_eq!(out, x);
+        let row = 37;
+        let mut rows = vec![0.0; row * 3001];
+        for_rows(&mut rows, row, |first, chunk| {
+            for (r, values) in chunk.chunks_mut(row).enumerate() {
+                values.fill((first + r) as f32);
+            }
+        });
+        assert!(
+            rows.chunks(row)
+                .enumerate()
+                .all(|(r, v)| v.iter().all(|&x| x == r as f32))
+        );
+    }
+}

@@ -1,0 +1,89 @@
+//! Fused kernels for the operations Flex runs slowly, as a Burn backend extension.
+//!
+//! [`gelu`] (exact, erf-based) and [`masked_softmax`] (attention's scale + mask + softmax in one
+//! pass) go through [`BertKernels`] on Flex, with or without autodiff, and through Burn's generic
+//! tensor ops on every other backend, so the model code calls one function and each backend gets
+//! its best path. Each kernel has a hand-written backward pass (`autodiff.rs`) and is checked
+//! against the generic ops, values and gradients, in this module's tests; the parity fixtures
+//! against transformers + peft run through them too.
+
+mod autodiff;
+#[cfg(feature = "flex")]
+mod flex;
+pub mod math;
+
+use burn::backend::tensor::FloatTensor;
+use burn::backend::{Backend, DispatchDevice, backend_extension};
+use burn::prelude::*;
+use burn::tensor::activation;
+
+/// The operations with a fused kernel. `bias` of [`Self::masked_softmax`] is broadcast to the
+/// scores (`[batch, 1, 1, keys]` for an attention mask) and gets no gradient.
+#[backend_extension(Flex: cfg(feature = "flex"), Autodiff)]
+pub trait BertKernels: Backend {
+    /// `x Φ(x)`, HF's exact `gelu`.
+    fn gelu_erf(x: FloatTensor<Self>) -> FloatTensor<Self>;
+    /// `grad · (Φ(x) + x φ(x))`.
+    fn gelu_erf_backward(x: FloatTensor<Self>, grad: FloatTensor<Self>) -> FloatTensor<Self>;
+    /// `softmax(scores · scale + bias)` over the last dimension of `[batch, heads, q, keys]`.
+    fn masked_softmax(
+        scores: FloatTensor<Self>,
+        bias: FloatTensor<Self>,
+        scale: f32,
+    ) -> FloatTensor<Self>;
+    /// The gradient of the scores from the probabilities and their gradient:
+    /// `scale · p ⊙ (grad − Σ grad ⊙ p)`.
+    fn masked_softmax_backward(
+        probs: FloatTensor<Self>,
+        grad: FloatTensor<Self>,
+        scale: f32,
+    ) -> FloatTensor<Self>;
+}
+
+/// Whether `device` (or the device an autodiff device wraps) computes on the host CPU.
+pub fn is_host(device: &Device) -> bool {
+    #[allow(clippy::match_like_matches_macro)]
+    match device.as_dispatch().clone().inner() {
+        #[cfg(feature = "flex")]
+        DispatchDevice::Flex(_) => true,
+        #[cfg(feature = "ndarray")]
+        DispatchDevice::NdArray(_) => true,
+        _ => false,
+    }
+}
+
+/// Whether the fused kernels run on `device`.
+fn has_kernels(device: &Device) -> bool {
+    #[allow(clippy::match_like_matches_macro)]
+    match device.as_dispatch().clone().inner() {
+        #[cfg(feature = "flex")]
+        DispatchDevice::Flex(_) => true,
+        _ => false,
+    }
+}
+
+/// Exact (erf) GELU.
+pub fn gelu<const D: usize>(x: Tensor<D>) -> Tensor<D> {
+    if !has_kernels(&x.device()) {
+        return activation::gelu(x);
+    }
+    Tensor::from_dispatch(<burn::backend::Dispatch as BertKernels>::gelu_erf(
+        x.into_dispatch(),
+    ))
+}
+
+/// `softmax(scores · scale + bias, dim 3)`, the attention probabilities; `bias` is a mask,
+/// broadcast over heads and queries, and gets no gradient.
+pub fn masked_softmax(scores: Tensor<4>, bias: Tensor<4>, scale: f64) -> Tensor<4> {
+    if !has_kernels(&scores.device()) {
+        return activation::softmax(scores * scale + bias.detach(), 3);
+    }
+    Tensor::from_dispatch(<burn::backend::Dispatch as BertKernels>::masked_softmax(
+        scores.into_dispatch(),
+        bias.into_dispatch(),
+        scale as f32,
+    ))
+}
+
+#[cfg(all(test, feature = "flex"))]
+mod tests;

@@ -1,0 +1,96 @@
+//! Each kernel against Burn's generic ops on the same inputs: values, and gradients through
+//! autodiff, at `f32` precision.
+
+use super::*;
+use burn::tensor::Distribution;
+
+fn random<const D: usize>(shape: [usize; D], device: &Device) -> Tensor<D> {
+    Tensor::random(shape, Distribution::Normal(0.0, 3.0), device)
+}
+
+fn max_diff<const D: usize>(a: Tensor<D>, b: Tensor<D>) -> f32 {
+    (a - b).abs().max().into_scalar::<f32>()
+}
+
+/// A mask bias with the last `pad` keys of every other batch item masked, as `bert::mask_bias`.
+fn mask_bias(batch: usize, keys: usize, pad: usize, device: &Device) -> Tensor<4> {
+    let values: Vec<f32> = (0..batch)
+        .flat_map(|b| {
+            (0..keys).map(move |k| {
+                if b % 2 == 1 && k >= keys - pad {
+                    f32::MIN
+                } else {
+                    0.0
+                }
+            })
+        })
+        .collect();
+    Tensor::<1>::from_floats(values.as_slice(), device).reshape([batch, 1, 1, keys])
+}
+
+#[test]
+fn gelu_matches_burns_exact_gelu_in_value_and_gradient() {
+    let device = Device::default().autodiff();
+    // Large enough to take the parallel path, with odd sizes for the vector tails.
+    for shape in [[3, 5, 7], [4, 33, 1537]] {
+        let x = random(shape, &device).require_grad();
+        let ours = gelu(x.clone());
+        let reference = activation::gelu(x.clone());
+        assert!(max_diff(ours.clone(), reference.clone()) < 1e-5);
+        let weights = random(shape, &device);
+        let g_ours = x.grad(&(ours * weights.clone()).sum().backward()).unwrap();
+        let g_ref = x.grad(&(reference * weights).sum().backward()).unwrap();
+        let diff: f32 = (g_ours - g_ref).abs().max().into_scalar::<f32>();
+        assert!(diff < 1e-5, "gradient differs by {diff}");
+    }
+}
+
+#[test]
+fn gelu_without_autodiff_overwrites_only_unshared_inputs() {
+    let device = Device::default();
+    let x = random([64, 300], &device);
+    let before = x.to_data();
+    // Shared: `kept` must come through unchanged.
+    let kept = x.clone();
+    let out = gelu(x);
+    kept.to_data().assert_eq(&before, true);
+    assert!(max_diff(out, activation::gelu(kept.clone())) < 1e-5);
+    // Not shared: computed in place, same values.
+    let unshared = gelu(Tensor::<2>::from_data(before.clone(), &device));
+    assert!(max_diff(unshared, activation::gelu(kept.clone())) < 1e-5);
+    // A strided view is read through its layout.
+    let t = kept.clone().transpose();
+    assert!(max_diff(gelu(t.clone()), activation::gelu(t)) < 1e-5);
+}
+
+#[test]
+fn masked_softmax_matches_scale_mask_softmax_in_value_and_gradient() {
+    let device = Device::default().autodiff();
+    for [batch, heads, queries, keys, pad] in [[2, 3, 5, 7, 2], [8, 12, 32, 52, 20]] {
+        let scores = random([batch, heads, queries, keys], &device).require_grad();
+        let bias = mask_bias(batch, keys, pad, &device);
+        let scale = 0.125;
+        let ours = masked_softmax(scores.clone(), bias.clone(), scale);
+        let reference = activation::softmax(scores.clone() * scale + bias, 3);
+        assert!(max_diff(ours.clone(), reference.clone()) < 1e-6);
+        let weights = random([batch, heads, queries, keys], &device);
+        let g_ours = scores
+            .grad(&(ours * weights.clone()).sum().backward())
+            .unwrap();
+        let g_ref = scores
+            .grad(&(reference * weights).sum().backward())
+            .unwrap();
+        let diff: f32 = (g_ours - g_ref).abs().max().into_scalar::<f32>();
+        assert!(diff < 1e-5, "gradient differs by {diff}");
+    }
+}
+
+#[test]
+fn masked_softmax_takes_a_full_bias_and_strided_scores() {
+    let device = Device::default();
+    let scores = random([2, 3, 4, 5], &device).swap_dims(2, 3);
+    let bias = random([2, 3, 5, 4], &device);
+    let ours = masked_softmax(scores.clone(), bias.clone(), 0.5);
+    let reference = activation::softmax(scores * 0.5 + bias, 3);
+    assert!(max_diff(ours, reference) < 1e-6);
+}
