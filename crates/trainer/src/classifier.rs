@@ -5,6 +5,7 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
+use crate::calibration::{Calibration, softmax};
 use anyhow::{Context, Result, bail};
 use bert_data::LabelMap;
 use bert_model::classifier::BertClassifier;
@@ -13,7 +14,6 @@ use bert_model::tokenizer::pad_batch;
 use bert_model::weights::Checkpoint;
 use bert_model::{BertTokenizer, Encoded, Pretrained, params};
 use burn::prelude::*;
-use burn::tensor::activation::softmax;
 
 use crate::config::TrainConfig;
 use crate::run::{RunDir, build_model};
@@ -29,6 +29,8 @@ pub struct Classifier {
     pub model: BertClassifier,
     /// The run's decision threshold (`threshold.json`), with its label's index.
     pub threshold: Option<(usize, Threshold)>,
+    /// Logits are divided by this before the softmax (`calibration.json`; 1 without one).
+    pub temperature: f64,
 }
 
 impl Classifier {
@@ -89,6 +91,7 @@ impl Classifier {
             }
             None => None,
         };
+        let temperature = Calibration::read(&run.calibration())?.map_or(1.0, |c| c.temperature);
         Ok(Self {
             dir: Some(run),
             config,
@@ -96,6 +99,7 @@ impl Classifier {
             tokenizer: pretrained.tokenizer.clone(),
             model,
             threshold,
+            temperature,
         })
     }
 
@@ -205,6 +209,7 @@ impl Classifier {
             tokenizer: pretrained.tokenizer.clone(),
             model,
             threshold: None,
+            temperature: 1.0,
         }
     }
 
@@ -243,8 +248,8 @@ impl Classifier {
         for chunk in order.chunks(batch_size.max(1)) {
             let items: Vec<Encoded> = chunk.iter().map(|&i| encoded[i].clone()).collect();
             let logits = self.model.forward(pad_batch(&items, pad_id, device));
-            for (&i, p) in chunk.iter().zip(softmax_rows(logits)?) {
-                out[i] = p;
+            for (&i, row) in chunk.iter().zip(logits_rows(logits)?) {
+                out[i] = softmax(&row, self.temperature);
             }
             done += chunk.len();
             on_batch(done);
@@ -296,15 +301,15 @@ fn head_labels(
     Ok(labels)
 }
 
-/// Row-wise softmax of logits `[n, k]`, on the host.
-pub fn softmax_rows(logits: Tensor<2>) -> Result<Vec<Vec<f32>>> {
+/// Logits `[n, k]` as rows on the host.
+pub fn logits_rows(logits: Tensor<2>) -> Result<Vec<Vec<f32>>> {
     let [_, k] = logits.dims();
-    let probs: Vec<f32> = softmax(logits, 1)
+    let values: Vec<f32> = logits
         .into_data()
         .convert::<f32>()
         .try_to_vec::<f32>()
-        .map_err(|e| anyhow::anyhow!("reading probabilities back: {e:?}"))?;
-    Ok(probs.chunks(k.max(1)).map(<[f32]>::to_vec).collect())
+        .map_err(|e| anyhow::anyhow!("reading logits back: {e:?}"))?;
+    Ok(values.chunks(k.max(1)).map(<[f32]>::to_vec).collect())
 }
 
 /// The decided label: by a threshold on its positive label when there is one, else the most

@@ -1,9 +1,11 @@
 //! The compute device: a checked choice among the backends this binary was built with.
 //!
-//! `--device` (any command) or `BURN_DEVICE` names one: `flex`, `cpu`, `ndarray`, `cuda` or
-//! `cuda:N`. Without either, the first compiled backend in the order GPU, then CPU is used. A
-//! name that is unknown, or whose backend was not compiled in, is an error listing what this
-//! build has (Burn's own `Device::default()` panics on those).
+//! `--device` (any command), `BURN_DEVICE`, or a recipe's `train.device` (for `train`, when
+//! neither of the others is set) names one: `flex`, `cpu`, `ndarray`, `cuda[:N]`, `wgpu`,
+//! `vulkan` or `metal` (each of the last three `[:N]` for the N-th discrete GPU, or `:cpu` for a
+//! software adapter such as Mesa's llvmpipe). Without any, the first compiled backend in the
+//! order GPU, then CPU is used. A name that is unknown, or whose backend was not compiled in, is
+//! an error listing what this build has (Burn's own `Device::default()` panics on those).
 
 use std::fmt;
 use std::str::FromStr;
@@ -11,6 +13,29 @@ use std::sync::OnceLock;
 
 use anyhow::{Result, bail};
 use burn::prelude::*;
+
+/// Which adapter of a wgpu graphics API.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Adapter {
+    /// wgpu's choice (a high-power GPU first; `CUBECL_WGPU_DEFAULT_DEVICE` overrides it).
+    Default,
+    /// The N-th discrete GPU.
+    Discrete(usize),
+    /// A CPU (software) adapter, such as Mesa's llvmpipe.
+    Cpu,
+}
+
+impl Adapter {
+    #[allow(dead_code)] // Unused in builds without a wgpu backend.
+    fn kind(self) -> burn::tensor::DeviceKind {
+        use burn::tensor::DeviceKind;
+        match self {
+            Self::Default => DeviceKind::DefaultDevice,
+            Self::Discrete(i) => DeviceKind::DiscreteGpu(i),
+            Self::Cpu => DeviceKind::Cpu,
+        }
+    }
+}
 
 /// One device of a compiled backend.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -23,6 +48,12 @@ pub enum DeviceSpec {
     NdArray,
     /// An NVIDIA GPU by index.
     Cuda(usize),
+    /// A GPU through wgpu, on whichever graphics API the machine offers.
+    Wgpu(Adapter),
+    /// A GPU through wgpu on Vulkan, SPIR-V shaders.
+    Vulkan(Adapter),
+    /// A GPU through wgpu on Metal, MSL shaders.
+    Metal(Adapter),
 }
 
 impl DeviceSpec {
@@ -31,6 +62,15 @@ impl DeviceSpec {
         let mut names = Vec::new();
         if cfg!(feature = "cuda") {
             names.push("cuda");
+        }
+        if cfg!(feature = "metal") {
+            names.push("metal");
+        }
+        if cfg!(feature = "vulkan") {
+            names.push("vulkan");
+        }
+        if cfg!(feature = "wgpu") {
+            names.push("wgpu");
         }
         if cfg!(feature = "cpu") {
             names.push("cpu");
@@ -50,6 +90,9 @@ impl DeviceSpec {
             Self::Cpu => "cpu",
             Self::NdArray => "ndarray",
             Self::Cuda(_) => "cuda",
+            Self::Wgpu(_) => "wgpu",
+            Self::Vulkan(_) => "vulkan",
+            Self::Metal(_) => "metal",
         }
     }
 
@@ -73,6 +116,12 @@ impl DeviceSpec {
             Self::NdArray => Some(Device::ndarray()),
             #[cfg(feature = "cuda")]
             Self::Cuda(i) => Some(Device::cuda(*i)),
+            #[cfg(feature = "wgpu")]
+            Self::Wgpu(a) => Some(Device::wgpu(a.kind())),
+            #[cfg(feature = "vulkan")]
+            Self::Vulkan(a) => Some(Device::vulkan(a.kind())),
+            #[cfg(feature = "metal")]
+            Self::Metal(a) => Some(Device::metal(a.kind())),
             #[allow(unreachable_patterns)]
             _ => None,
         };
@@ -92,6 +141,11 @@ impl fmt::Display for DeviceSpec {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Self::Cuda(i) => write!(f, "cuda:{i}"),
+            Self::Wgpu(a) | Self::Vulkan(a) | Self::Metal(a) => match a {
+                Adapter::Default => f.write_str(self.backend()),
+                Adapter::Discrete(i) => write!(f, "{}:{i}", self.backend()),
+                Adapter::Cpu => write!(f, "{}:cpu", self.backend()),
+            },
             other => f.write_str(other.backend()),
         }
     }
@@ -102,15 +156,27 @@ impl FromStr for DeviceSpec {
 
     fn from_str(s: &str) -> Result<Self> {
         let lower = s.trim().to_ascii_lowercase();
-        let (name, index) = match lower.split_once(':') {
+        let (name, adapter) = match lower.split_once(':') {
+            Some((n, "cpu")) if matches!(n, "wgpu" | "vulkan" | "metal") => (n, Some(Adapter::Cpu)),
             Some((n, i)) => match i.parse::<usize>() {
-                Ok(i) => (n, Some(i)),
+                Ok(i) => (n, Some(Adapter::Discrete(i))),
                 Err(_) => bail!("device `{s}`: `{i}` is not a device index (e.g. cuda:0)"),
             },
             None => (lower.as_str(), None),
         };
+        let index = match adapter {
+            Some(Adapter::Discrete(i)) => Some(i),
+            _ => None,
+        };
+        let adapter = adapter.unwrap_or(Adapter::Default);
         let spec = match (name, index) {
+            ("cuda", _) if adapter == Adapter::Cpu => {
+                bail!("device `{s}`: cuda has no cpu adapter")
+            }
             ("cuda", i) => Self::Cuda(i.unwrap_or(0)),
+            ("wgpu", _) => Self::Wgpu(adapter),
+            ("vulkan", _) => Self::Vulkan(adapter),
+            ("metal", _) => Self::Metal(adapter),
             ("flex", None) => Self::Flex,
             ("cpu", None) => Self::Cpu,
             ("ndarray", None) => Self::NdArray,
@@ -118,7 +184,8 @@ impl FromStr for DeviceSpec {
                 bail!("device `{s}`: the {name} backend has one device (no `:N`)")
             }
             _ => bail!(
-                "unknown device `{s}` (known: flex, cpu, ndarray, cuda[:N]; this binary has: {})",
+                "unknown device `{s}` (known: flex, cpu, ndarray, cuda[:N], wgpu|vulkan|metal[:N|:cpu]; \
+                 this binary has: {})",
                 Self::compiled().join(", ")
             ),
         };
@@ -127,10 +194,13 @@ impl FromStr for DeviceSpec {
 }
 
 static SELECTED: OnceLock<(DeviceSpec, Device)> = OnceLock::new();
+/// Whether the selected device was named (`--device`, `BURN_DEVICE`) rather than defaulted.
+static NAMED: OnceLock<bool> = OnceLock::new();
 
 /// Decides this process's device from `--device` (first) or `BURN_DEVICE`; every error names
 /// where the bad value came from and the compiled backends. Called once, before any command.
 pub fn select(flag: Option<&str>) -> Result<()> {
+    let _ = NAMED.set(flag.is_some() || std::env::var_os("BURN_DEVICE").is_some());
     let spec = match (flag, std::env::var("BURN_DEVICE")) {
         (Some(f), _) => f
             .parse::<DeviceSpec>()
@@ -165,6 +235,20 @@ pub fn device() -> Device {
             let s = DeviceSpec::preferred().expect("a backend feature is compiled in");
             s.device().expect("the preferred backend is compiled in")
         }
+    }
+}
+
+/// The device to train on: the one named by `--device` or `BURN_DEVICE`, else the recipe's
+/// `train.device`, else the preferred compiled one.
+pub fn for_training(recipe: Option<&str>) -> Result<Device> {
+    match recipe {
+        Some(name) if !NAMED.get().copied().unwrap_or(false) => {
+            let spec = name
+                .parse::<DeviceSpec>()
+                .map_err(|e| e.context("train.device"))?;
+            spec.device().map_err(|e| e.context("train.device"))
+        }
+        _ => Ok(device()),
     }
 }
 

@@ -3,11 +3,13 @@
 //! The backend is chosen at build time by Cargo feature (`flex`, the default CPU backend, or
 //! `cuda`); `--device` or `BURN_DEVICE` picks among the compiled ones at run time.
 
+mod calibration;
 mod checkpoint;
 mod classifier;
 mod commands;
 mod config;
 mod device;
+mod evaluation;
 mod metrics;
 mod progress;
 mod renderer;

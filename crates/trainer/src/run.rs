@@ -63,6 +63,9 @@ impl RunDir {
     pub fn threshold(&self) -> PathBuf {
         self.root.join("threshold.json")
     }
+    pub fn calibration(&self) -> PathBuf {
+        self.root.join("calibration.json")
+    }
     pub fn checkpoints(&self) -> PathBuf {
         self.root.join("checkpoint")
     }

@@ -169,7 +169,8 @@ fn serve_endpoints_adapters_limits_and_shutdown() {
         assert!(["标题党", "非标题党"].contains(&r["label"].as_str().unwrap()));
     }
     // Two adapters on the same base answer differently; the same adapter loaded from its run
-    // directory and from its peft adapter directory answers the same.
+    // directory and from its peft adapter directory answers the same, up to the run's
+    // temperature (calibration.json), which a peft adapter directory does not carry.
     let (_, lora) = classify(&addr, json!({"texts": texts, "adapter": "lora"}));
     let (_, peft) = classify(&addr, json!({"texts": texts, "adapter": "peft"}));
     assert_eq!(lora["adapter"], "lora");
@@ -177,11 +178,18 @@ fn serve_endpoints_adapters_limits_and_shutdown() {
         a["results"][0]["probabilities"],
         lora["results"][0]["probabilities"]
     );
+    let t = common::json(&dir.join("b/calibration.json"))["temperature"]
+        .as_f64()
+        .unwrap();
     for i in 0..2 {
+        let p: Vec<f64> = (0..2)
+            .map(|k| peft["results"][i]["probabilities"][k].as_f64().unwrap())
+            .collect();
+        let scaled: Vec<f64> = p.iter().map(|q| (q.ln() / t).exp()).collect();
         for k in 0..2 {
             let x = lora["results"][i]["probabilities"][k].as_f64().unwrap();
-            let y = peft["results"][i]["probabilities"][k].as_f64().unwrap();
-            assert!((x - y).abs() < 1e-5, "{x} vs {y}");
+            let y = scaled[k] / scaled.iter().sum::<f64>();
+            assert!((x - y).abs() < 1e-5, "{x} vs {y} (temperature {t})");
         }
     }
 

@@ -95,6 +95,24 @@ fn train_writes_a_run_that_eval_reproduces_and_resume_continues_exactly() {
         .flat_map(|r| r.as_array().unwrap().iter().map(|v| v.as_u64().unwrap()))
         .sum();
     assert_eq!(confusion, 12);
+    // The temperature fitted on the validation split at the end of training lowers its NLL,
+    // and eval applies it: the calibration error it reports is the fitted one.
+    let calibration = json(&dir.join("runs/a/calibration.json"));
+    let t = calibration["temperature"].as_f64().unwrap();
+    assert!(t.is_finite() && t > 0.0, "{calibration}");
+    let nll = |k: &str| calibration[k].as_f64().unwrap();
+    assert!(
+        nll("nll_after") <= nll("nll_before") + 1e-9,
+        "{calibration}"
+    );
+    assert_eq!(eval["calibration"]["temperature"].as_f64().unwrap(), t);
+    let ece = eval["calibration"]["ece"].as_f64().unwrap();
+    assert!(
+        (ece - nll("ece_after")).abs() < 1e-4,
+        "{ece} vs {calibration}"
+    );
+    let brier = eval["calibration"]["brier"].as_f64().unwrap();
+    assert!((0.0..=2.0).contains(&brier), "{brier}");
     for label in ["标题党", "非标题党"] {
         for k in ["precision", "recall", "f1", "accuracy", "support"] {
             assert!(!eval["per_class"][label][k].is_null(), "{label} {k}");

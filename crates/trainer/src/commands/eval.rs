@@ -4,17 +4,12 @@
 use std::path::PathBuf;
 
 use anyhow::Result;
-use bert_data::{ClassificationBatcher, Example, Table};
-
-use crate::classifier::{argmax, softmax_rows};
-use bert_model::classifier::BertClassifier;
-use burn::data::dataloader::batcher::Batcher;
-use burn::prelude::*;
 use clap::Args;
 use serde_json::json;
 
+use crate::calibration::{ECE_BINS, brier, expected_calibration_error};
 use crate::commands::classifier::ModelArgs;
-use crate::metrics::Confusion;
+use crate::evaluation::{Evaluation, evaluate_csv};
 use crate::threshold::{
     CurvePoint, Threshold, at_recalls, default_positive, for_precision, pr_curve,
 };
@@ -42,17 +37,6 @@ pub struct EvalArgs {
     pub save_threshold: bool,
 }
 
-/// Figures of one evaluation.
-pub struct Evaluation {
-    pub confusion: Confusion,
-    /// Class probabilities and true label of every item.
-    pub probabilities: Vec<Vec<f32>>,
-    pub targets: Vec<usize>,
-    pub loss: f64,
-    pub rows: usize,
-    pub dropped_empty: usize,
-}
-
 pub fn run(args: EvalArgs) -> Result<()> {
     let device = crate::device::device();
     let run = args.model.load(&device)?;
@@ -61,25 +45,7 @@ pub fn run(args: EvalArgs) -> Result<()> {
         (None, Some(dir)) => dir.valid_csv(),
         (None, None) => anyhow::bail!("--data CSV is needed with --model"),
     };
-    let columns = run.config.data.columns();
-    let table = Table::read(&data, &columns, true)?;
-    let ids = run.labels.encode(&table)?;
-    let texts: Vec<&str> = table.rows.iter().map(|r| r.text.as_str()).collect();
-    let examples: Vec<Example> = run
-        .tokenizer
-        .encode_batch(&texts)?
-        .into_iter()
-        .zip(ids)
-        .map(|(encoded, label)| Example { encoded, label })
-        .collect();
-    if examples.is_empty() {
-        anyhow::bail!("{}: no rows to evaluate", data.display());
-    }
-    let batcher = ClassificationBatcher {
-        pad_id: run.tokenizer.pad_id(),
-    };
-    let mut eval = evaluate(&run.model, &examples, batcher, args.batch_size, &device)?;
-    eval.dropped_empty = table.dropped_empty.len();
+    let eval = evaluate_csv(&run, &data, args.batch_size, &device)?;
     let names = run.labels.names();
     let positive = match &args.positive {
         Some(l) => Some(run.labels.index(l).ok_or_else(|| {
@@ -174,42 +140,6 @@ fn print_curve(label: &str, curve: &[CurvePoint], target: f64, chosen: Option<&C
     }
 }
 
-/// Runs the model over `examples` in batches; mean loss over items and the confusion matrix.
-pub fn evaluate(
-    model: &BertClassifier,
-    examples: &[Example],
-    batcher: ClassificationBatcher,
-    batch_size: usize,
-    device: &Device,
-) -> Result<Evaluation> {
-    let model = model.valid();
-    let k = model.num_labels();
-    let mut confusion = Confusion::new(k);
-    let mut loss_sum = 0.0;
-    let mut probabilities = vec![Vec::new(); examples.len()];
-    // Batched by token length (less padding, the same results), reported in input order.
-    let mut order: Vec<usize> = (0..examples.len()).collect();
-    order.sort_by_key(|&i| examples[i].encoded.len());
-    for chunk in order.chunks(batch_size.max(1)) {
-        let items = chunk.iter().map(|&i| examples[i].clone()).collect();
-        let step = model.forward_classification(batcher.batch(items, device));
-        let loss = step.loss.into_scalar::<f32>() as f64;
-        loss_sum += loss * chunk.len() as f64;
-        for (&i, p) in chunk.iter().zip(softmax_rows(step.logits)?) {
-            confusion.add(examples[i].label, argmax(&p).0);
-            probabilities[i] = p;
-        }
-    }
-    Ok(Evaluation {
-        confusion,
-        probabilities,
-        targets: examples.iter().map(|e| e.label).collect(),
-        loss: loss_sum / examples.len() as f64,
-        rows: examples.len(),
-        dropped_empty: 0,
-    })
-}
-
 pub fn report_json(eval: &Evaluation, labels: &[String]) -> serde_json::Value {
     let c = &eval.confusion;
     let per_class: serde_json::Map<String, serde_json::Value> = labels
@@ -237,6 +167,11 @@ pub fn report_json(eval: &Evaluation, labels: &[String]) -> serde_json::Value {
         "labels": labels,
         "rows": eval.rows,
         "dropped_empty_title": eval.dropped_empty,
+        "calibration": {
+            "temperature": eval.temperature,
+            "ece": expected_calibration_error(&eval.probabilities, &eval.targets, ECE_BINS),
+            "brier": brier(&eval.probabilities, &eval.targets),
+        },
     })
 }
 
@@ -249,6 +184,12 @@ fn print_report(eval: &Evaluation, labels: &[String], data: &std::path::Path) {
     println!("accuracy: {:.2}%", 100.0 * c.accuracy());
     println!("macro F1: {:.2}%", 100.0 * c.macro_f1());
     println!("loss:     {:.4}", eval.loss);
+    println!(
+        "calibration: expected calibration error {:.4} ({ECE_BINS} bins), Brier score {:.4}, temperature {:.3}",
+        expected_calibration_error(&eval.probabilities, &eval.targets, ECE_BINS),
+        brier(&eval.probabilities, &eval.targets),
+        eval.temperature
+    );
     let width = labels
         .iter()
         .map(|l| l.chars().count())

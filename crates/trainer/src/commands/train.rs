@@ -39,7 +39,7 @@ pub fn run(args: TrainArgs) -> Result<()> {
     } else {
         Session::new(&args.config, &args.overrides, args.run_dir.as_deref())?
     };
-    let device = crate::device::device();
+    let device = crate::device::for_training(session.config.train.device.as_deref())?;
     device.seed(session.config.train.seed);
     let train_device = device.clone().autodiff();
     let pretrained = session.load_model(&train_device)?;
@@ -47,6 +47,7 @@ pub fn run(args: TrainArgs) -> Result<()> {
     let pad_id = pretrained.tokenizer.pad_id();
     let (result, history) = session.fit(data, model, pad_id, &device, args.stop_after);
     session.finish(result, &history, &pretrained)?;
+    session.calibrate(&pretrained, &device)?;
     println!("{}", session.run.root.display());
     Ok(())
 }

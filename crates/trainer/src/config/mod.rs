@@ -122,6 +122,10 @@ pub struct TrainSection {
     /// batches, then shuffled (HF's `group_by_length`): far less padding for the same data.
     /// Off for like-for-like comparisons with transformers' random batches.
     pub group_by_length: bool,
+    /// The device to train on (`flex`, `wgpu`, `cuda:1`, ...; see `trainer --help`) when
+    /// neither `--device` nor `BURN_DEVICE` names one; unset: the preferred compiled backend.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub device: Option<String>,
 }
 
 impl Default for TrainSection {
@@ -135,6 +139,7 @@ impl Default for TrainSection {
             seed: 42,
             select_metric: SelectMetric::MacroF1,
             group_by_length: true,
+            device: None,
         }
     }
 }
@@ -189,6 +194,11 @@ impl TrainConfig {
         }
         if t.batch_size == 0 {
             bail!("train.batch_size must be at least 1");
+        }
+        if let Some(device) = &t.device {
+            device
+                .parse::<crate::device::DeviceSpec>()
+                .context("train.device")?;
         }
         if !(t.lr > 0.0 && t.lr < 1.0) {
             bail!("train.lr must be in (0, 1), got {}", t.lr);

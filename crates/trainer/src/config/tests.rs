@@ -233,3 +233,17 @@ fn p_tuning_encoder_settings_are_checked() {
     );
     assert!(e.contains("gru"), "{e}");
 }
+
+#[test]
+fn the_training_device_is_checked_when_the_recipe_loads() {
+    let c = load("[train]\ndevice = \"flex\"\n", &[]).unwrap();
+    assert_eq!(c.train.device.as_deref(), Some("flex"));
+    assert_eq!(load("", &[]).unwrap().train.device, None);
+    for bad in ["nonsense", "cuda:x", "flex:1"] {
+        let e = format!(
+            "{:#}",
+            load("", &[&format!("train.device={bad}")]).unwrap_err()
+        );
+        assert!(e.contains("train.device") && e.contains(bad), "{bad}: {e}");
+    }
+}

@@ -26,7 +26,10 @@ use burn::train::metric::{AccuracyMetric, LearningRateMetric, LossMetric};
 use burn::train::{EarlyStoppingStrategy, Learner, LearningResult, SupervisedTraining};
 use serde_json::json;
 
+use crate::calibration::Calibration;
+use crate::classifier::Classifier;
 use crate::config::{SelectMetric, TrainConfig};
+use crate::evaluation::evaluate_csv;
 use crate::metrics::{ConfusionMetric, MetricKey, ThroughputMetric};
 use crate::progress::thousands;
 use crate::renderer::{EpochRecord, History, renderer};
@@ -325,6 +328,28 @@ impl Session {
             );
         }
         Ok(())
+    }
+
+    /// Fits the kept epoch's temperature on the validation split and saves it in the run
+    /// (`calibration.json`), which every later use of the run applies.
+    pub fn calibrate(&self, pretrained: &Pretrained, device: &Device) -> Result<Calibration> {
+        let run = &self.run;
+        let mut classifier = Classifier::load_with(&run.root, pretrained, device)?;
+        classifier.temperature = 1.0;
+        let batch = self.config.train.batch_size;
+        let eval = evaluate_csv(&classifier, &run.valid_csv(), batch, device)?;
+        let calibration = Calibration::fit(&eval.logits, &eval.targets)?;
+        write_json(&run.calibration(), &serde_json::to_value(&calibration)?)?;
+        eprintln!(
+            "calibrated on the validation split: temperature {:.3}, expected calibration error \
+             {:.4} -> {:.4}, NLL {:.4} -> {:.4}",
+            calibration.temperature,
+            calibration.ece_before,
+            calibration.ece_after,
+            calibration.nll_before,
+            calibration.nll_after
+        );
+        Ok(calibration)
     }
 }
 

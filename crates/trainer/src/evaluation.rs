@@ -1,0 +1,107 @@
+//! Running a classifier over a labelled CSV: loss, confusion matrix, and every row's logits and
+//! (calibrated) probabilities, for `eval`, the end of `train` and the report.
+
+use std::path::Path;
+
+use anyhow::Result;
+use bert_data::{ClassificationBatcher, Example, Table};
+use bert_model::classifier::BertClassifier;
+use burn::data::dataloader::batcher::Batcher;
+use burn::prelude::*;
+
+use crate::calibration::softmax;
+use crate::classifier::{Classifier, argmax, logits_rows};
+use crate::metrics::Confusion;
+
+/// Figures of one evaluation.
+pub struct Evaluation {
+    pub confusion: Confusion,
+    /// Class probabilities and true label of every item.
+    pub probabilities: Vec<Vec<f32>>,
+    pub targets: Vec<usize>,
+    /// Logits of every item, before the temperature.
+    pub logits: Vec<Vec<f32>>,
+    /// The temperature the probabilities were computed with.
+    pub temperature: f64,
+    pub loss: f64,
+    pub rows: usize,
+    pub dropped_empty: usize,
+}
+
+/// Evaluates `classifier` on the labelled CSV `data` (the run's columns and labels).
+pub fn evaluate_csv(
+    classifier: &Classifier,
+    data: &Path,
+    batch_size: usize,
+    device: &Device,
+) -> Result<Evaluation> {
+    let columns = classifier.config.data.columns();
+    let table = Table::read(data, &columns, true)?;
+    let ids = classifier.labels.encode(&table)?;
+    let texts: Vec<&str> = table.rows.iter().map(|r| r.text.as_str()).collect();
+    let examples: Vec<Example> = classifier
+        .tokenizer
+        .encode_batch(&texts)?
+        .into_iter()
+        .zip(ids)
+        .map(|(encoded, label)| Example { encoded, label })
+        .collect();
+    if examples.is_empty() {
+        anyhow::bail!("{}: no rows to evaluate", data.display());
+    }
+    let batcher = ClassificationBatcher {
+        pad_id: classifier.tokenizer.pad_id(),
+    };
+    let mut eval = evaluate(
+        &classifier.model,
+        &examples,
+        batcher,
+        batch_size,
+        classifier.temperature,
+        device,
+    )?;
+    eval.dropped_empty = table.dropped_empty.len();
+    Ok(eval)
+}
+
+/// Runs the model over `examples` in batches; mean loss over items and the confusion matrix.
+pub fn evaluate(
+    model: &BertClassifier,
+    examples: &[Example],
+    batcher: ClassificationBatcher,
+    batch_size: usize,
+    temperature: f64,
+    device: &Device,
+) -> Result<Evaluation> {
+    let model = model.valid();
+    let k = model.num_labels();
+    let mut confusion = Confusion::new(k);
+    let mut loss_sum = 0.0;
+    let mut probabilities = vec![Vec::new(); examples.len()];
+    let mut logits = vec![Vec::new(); examples.len()];
+    // Batched by token length (less padding, the same results), reported in input order.
+    let mut order: Vec<usize> = (0..examples.len()).collect();
+    order.sort_by_key(|&i| examples[i].encoded.len());
+    for chunk in order.chunks(batch_size.max(1)) {
+        let items = chunk.iter().map(|&i| examples[i].clone()).collect();
+        let step = model.forward_classification(batcher.batch(items, device));
+        let loss = step.loss.into_scalar::<f32>() as f64;
+        loss_sum += loss * chunk.len() as f64;
+        for (&i, row) in chunk.iter().zip(logits_rows(step.logits)?) {
+            let p = softmax(&row, temperature);
+            confusion.add(examples[i].label, argmax(&p).0);
+            probabilities[i] = p;
+            logits[i] = row;
+        }
+    }
+    Ok(Evaluation {
+        confusion,
+        probabilities,
+        logits,
+        temperature,
+        targets: examples.iter().map(|e| e.label).collect(),
+        loss: loss_sum / examples.len() as f64,
+        rows: examples.len(),
+        dropped_empty: 0,
+    })
+}
