@@ -91,12 +91,9 @@ impl BertKernels for Flex {
             &mut out,
             keys,
             #[inline(always)]
-            |first, rows| {
-                for (i, row) in rows.chunks_mut(keys).enumerate() {
-                    let r = first + i;
-                    let bias = &b[(r / rows_per_bias) * keys..][..keys];
-                    softmax_row(&s[r * keys..][..keys], bias, scale, row);
-                }
+            |r, row| {
+                let bias = &b[(r / rows_per_bias) * keys..][..keys];
+                softmax_row(&s[r * keys..][..keys], bias, scale, row);
             },
         );
         output(out, shape, dtype)
@@ -113,14 +110,11 @@ impl BertKernels for Flex {
             &mut out,
             keys,
             #[inline(always)]
-            |first, rows| {
-                for (i, row) in rows.chunks_mut(keys).enumerate() {
-                    let at = (first + i) * keys;
-                    let (p, g) = (&p[at..][..keys], &g[at..][..keys]);
-                    let dot: f32 = p.iter().zip(g).map(|(p, g)| p * g).sum();
-                    for ((o, &p), &g) in row.iter_mut().zip(p).zip(g) {
-                        *o = scale * p * (g - dot);
-                    }
+            |r, row| {
+                let (p, g) = (&p[r * keys..][..keys], &g[r * keys..][..keys]);
+                let dot: f32 = p.iter().zip(g).map(|(p, g)| p * g).sum();
+                for ((o, &p), &g) in row.iter_mut().zip(p).zip(g) {
+                    *o = scale * p * (g - dot);
                 }
             },
         );

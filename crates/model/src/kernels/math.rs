@@ -162,8 +162,8 @@ pub fn zip_map(
         .for_each(|(o, (a, b))| run(a, b, o));
 }
 
-/// Calls `f(row_index, out_rows)` on groups of whole rows of `out` (`row_len` each), in
-/// parallel when there is enough work; `f` sees the index of its first row.
+/// Calls `f(row_index, row)` on every row of `out` (`row_len` elements each), in parallel
+/// across groups of rows when there is enough work.
 pub fn for_rows(
     out: &mut [f32],
     row_len: usize,
@@ -176,7 +176,11 @@ pub fn for_rows(
     let run = |first: usize, rows: &mut [f32]| {
         widest(
             #[inline(always)]
-            || f(first, rows),
+            || {
+                for (i, row) in rows.chunks_mut(row_len).enumerate() {
+                    f(first + i, row);
+                }
+            },
         )
     };
     if out.len() < 2 * CHUNK {
@@ -249,11 +253,7 @@ mod tests {
         assert_eq!(out, x);
         let row = 37;
         let mut rows = vec![0.0; row * 3001];
-        for_rows(&mut rows, row, |first, chunk| {
-            for (r, values) in chunk.chunks_mut(row).enumerate() {
-                values.fill((first + r) as f32);
-            }
-        });
+        for_rows(&mut rows, row, |r, values| values.fill(r as f32));
         assert!(
             rows.chunks(row)
                 .enumerate()
