@@ -9,7 +9,7 @@ use bert_model::classifier::BertClassifier;
 use burn::data::dataloader::batcher::Batcher;
 use burn::prelude::*;
 
-use crate::calibration::softmax;
+use crate::calibration::{ECE_BINS, brier, expected_calibration_error, softmax};
 use crate::classifier::{Classifier, argmax, logits_rows};
 use crate::metrics::Confusion;
 
@@ -23,6 +23,9 @@ pub struct Evaluation {
     pub logits: Vec<Vec<f32>>,
     /// The temperature the probabilities were computed with.
     pub temperature: f64,
+    /// Expected calibration error ([`ECE_BINS`] bins) and Brier score of the probabilities.
+    pub ece: f64,
+    pub brier: f64,
     pub loss: f64,
     pub rows: usize,
     pub dropped_empty: usize,
@@ -94,12 +97,15 @@ pub fn evaluate(
             logits[i] = row;
         }
     }
+    let targets: Vec<usize> = examples.iter().map(|e| e.label).collect();
     Ok(Evaluation {
         confusion,
+        ece: expected_calibration_error(&probabilities, &targets, ECE_BINS),
+        brier: brier(&probabilities, &targets),
         probabilities,
         logits,
         temperature,
-        targets: examples.iter().map(|e| e.label).collect(),
+        targets,
         loss: loss_sum / examples.len() as f64,
         rows: examples.len(),
         dropped_empty: 0,

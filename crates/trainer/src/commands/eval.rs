@@ -7,7 +7,7 @@ use anyhow::Result;
 use clap::Args;
 use serde_json::json;
 
-use crate::calibration::{ECE_BINS, brier, expected_calibration_error};
+use crate::calibration::ECE_BINS;
 use crate::commands::classifier::ModelArgs;
 use crate::evaluation::{Evaluation, evaluate_csv};
 use crate::threshold::{
@@ -169,8 +169,8 @@ pub fn report_json(eval: &Evaluation, labels: &[String]) -> serde_json::Value {
         "dropped_empty_title": eval.dropped_empty,
         "calibration": {
             "temperature": eval.temperature,
-            "ece": expected_calibration_error(&eval.probabilities, &eval.targets, ECE_BINS),
-            "brier": brier(&eval.probabilities, &eval.targets),
+            "ece": eval.ece,
+            "brier": eval.brier,
         },
     })
 }
@@ -186,9 +186,7 @@ fn print_report(eval: &Evaluation, labels: &[String], data: &std::path::Path) {
     println!("loss:     {:.4}", eval.loss);
     println!(
         "calibration: expected calibration error {:.4} ({ECE_BINS} bins), Brier score {:.4}, temperature {:.3}",
-        expected_calibration_error(&eval.probabilities, &eval.targets, ECE_BINS),
-        brier(&eval.probabilities, &eval.targets),
-        eval.temperature
+        eval.ece, eval.brier, eval.temperature
     );
     let width = labels
         .iter()
