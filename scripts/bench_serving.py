@@ -44,15 +44,15 @@ def bench_peft(args, texts):
     weights = load_file(f"{args.adapter}/adapter_model.safetensors")
     head = next(v for k, v in weights.items() if k.endswith("classifier.weight"))
     base = BertForSequenceClassification.from_pretrained(args.model, num_labels=head.shape[0])
-    model = PeftModel.from_pretrained(base, args.adapter).eval()
+    model = PeftModel.from_pretrained(base, args.adapter).eval().to(args.device)
     if cfg["peft_type"] == "LORA" and args.merge:
         model = model.merge_and_unload()
 
     def run(batch):
         with torch.no_grad():
             b = tok(batch, truncation=True, max_length=args.max_length, padding=True,
-                    return_tensors="pt")
-            return torch.softmax(model(**b).logits, -1)
+                    return_tensors="pt").to(args.device)
+            return torch.softmax(model(**b).logits, -1).cpu()
 
     run(texts[:1])
     ms = []
@@ -65,7 +65,8 @@ def bench_peft(args, texts):
         run(texts[i : i + args.batch])
     secs = time.perf_counter() - start
     return {
-        "bench": "transformers+peft", "peft_type": cfg["peft_type"], "texts": len(texts),
+        "bench": "transformers+peft", "device": args.device, "peft_type": cfg["peft_type"],
+        "texts": len(texts),
         "single_text_ms": stats(ms), "batch_size": args.batch,
         "batched_texts_per_s": len(texts) / secs,
     }
@@ -122,6 +123,7 @@ def main():
     ap.add_argument("--max-length", type=int, default=32)
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--device", default="cpu", help="peft: torch device (cpu, cuda, ...)")
     ap.add_argument("--url", default="http://127.0.0.1:8080")
     ap.add_argument("--clients", type=int, default=8)
     args = ap.parse_args()

@@ -55,16 +55,16 @@ def batches(enc, ys, idx, bs):
         yield items, torch.tensor([ys[t] for t in j])
 
 
-def evaluate(model, tok, enc, ys, bs, n):
+def evaluate(model, tok, enc, ys, bs, n, dev):
     model.eval()
     conf = [[0] * n for _ in range(n)]
     loss_sum = 0.0
     with torch.no_grad():
         for items, y in batches(enc, ys, list(range(len(ys))), bs):
-            b = tok.pad(items, return_tensors="pt")
-            out = model(**b, labels=y)
+            b = tok.pad(items, return_tensors="pt").to(dev)
+            out = model(**b, labels=y.to(dev))
             loss_sum += out.loss.item() * len(y)
-            for t, p in zip(y.tolist(), out.logits.argmax(-1).tolist()):
+            for t, p in zip(y.tolist(), out.logits.argmax(-1).cpu().tolist()):
                 conf[t][p] += 1
     total = sum(map(sum, conf))
     acc = sum(conf[i][i] for i in range(n)) / total
@@ -88,6 +88,7 @@ def main():
     ap.add_argument("--run", required=True, help="run directory written by `trainer train`")
     ap.add_argument("--model", required=True, help="HF model directory (the run's base model)")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--device", default="cpu", help="torch device: cpu, cuda, cuda:1, ...")
     ap.add_argument("--seed", type=int, default=None, help="default: the run's train.seed")
     ap.add_argument("--save", default=None, help="write the best epoch's adapter here")
     args = ap.parse_args()
@@ -114,6 +115,8 @@ def main():
     if peft_cfg is not None:
         model = get_peft_model(model, peft_cfg)
         model.print_trainable_parameters()
+    dev = torch.device(args.device)
+    model.to(dev)
     trainable = sum(q.numel() for q in model.parameters() if q.requires_grad)
 
     bs, epochs = t["batch_size"], t["epochs"]
@@ -130,14 +133,16 @@ def main():
         start = time.time()
         order = torch.randperm(len(tr_y), generator=gen).tolist()
         for items, y in batches(tr_enc, tr_y, order, bs):
-            b = tok.pad(items, return_tensors="pt")
-            loss = model(**b, labels=y).loss
+            b = tok.pad(items, return_tensors="pt").to(dev)
+            loss = model(**b, labels=y.to(dev)).loss
             loss.backward()
             opt.step()
             sched.step()
             opt.zero_grad()
+        if dev.type == "cuda":
+            torch.cuda.synchronize(dev)
         train_s = time.time() - start
-        m = evaluate(model, tok, va_enc, va_y, bs, n)
+        m = evaluate(model, tok, va_enc, va_y, bs, n, dev)
         m["per_class_accuracy"] = {labels[c]: v for c, v in m["per_class_accuracy"].items()}
         rec = {"epoch": epoch, "train_samples_per_second": len(tr_y) / train_s, "valid": m}
         if args.save and (not history or m["macro_f1"] > max(h["valid"]["macro_f1"] for h in history)):

@@ -177,7 +177,9 @@ impl EpochLoader {
             shuffle_seed: self.shuffle_seed,
             group_by_length: self.group_by_length,
             reseed: self.reseed,
-            epochs: self.epochs.clone(),
+            // Its own count from here: the parts of a loader split across devices each draw
+            // epoch `n` as the whole loader would have.
+            epochs: Arc::new(AtomicUsize::new(self.epochs.load(Ordering::SeqCst))),
             device: device.clone(),
         }
     }

@@ -129,6 +129,29 @@ pub fn fit_temperature(logits: &[Vec<f32>], targets: &[usize]) -> f64 {
 /// Expected calibration error of the top label: items binned by their highest probability
 /// into `bins` equal-width bins; the mean over items of |accuracy − confidence| of their bin.
 pub fn expected_calibration_error(probs: &[Vec<f32>], targets: &[usize], bins: usize) -> f64 {
+    let n = probs.len().max(1) as f64;
+    reliability(probs, targets, bins)
+        .iter()
+        .map(|b| b.count as f64 * (b.accuracy - b.confidence).abs() / n)
+        .sum()
+}
+
+/// One confidence bin of a reliability diagram: the items whose top probability falls in
+/// `[lower, upper)` (the last bin includes 1).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ReliabilityBin {
+    pub lower: f64,
+    pub upper: f64,
+    pub count: usize,
+    /// Mean top probability of the bin's items, and the fraction of them predicted right
+    /// (both 0 for an empty bin).
+    pub confidence: f64,
+    pub accuracy: f64,
+}
+
+/// `bins` equal-width bins of top-class confidence, with each bin's mean confidence and
+/// accuracy: a calibrated classifier has the two equal in every bin.
+pub fn reliability(probs: &[Vec<f32>], targets: &[usize], bins: usize) -> Vec<ReliabilityBin> {
     let bins = bins.max(1);
     let mut count = vec![0usize; bins];
     let mut correct = vec![0usize; bins];
@@ -140,11 +163,18 @@ pub fn expected_calibration_error(probs: &[Vec<f32>], targets: &[usize], bins: u
         correct[bin] += usize::from(top == t);
         confidence[bin] += conf as f64;
     }
-    let n = probs.len().max(1) as f64;
     (0..bins)
-        .filter(|&b| count[b] > 0)
-        .map(|b| (correct[b] as f64 - confidence[b]).abs() / n)
-        .sum()
+        .map(|b| {
+            let n = count[b].max(1) as f64;
+            ReliabilityBin {
+                lower: b as f64 / bins as f64,
+                upper: (b + 1) as f64 / bins as f64,
+                count: count[b],
+                confidence: confidence[b] / n,
+                accuracy: correct[b] as f64 / n,
+            }
+        })
+        .collect()
 }
 
 /// Brier score: the mean over items of Σ_k (p_k − [k = target])².

@@ -238,17 +238,27 @@ pub fn device() -> Device {
     }
 }
 
-/// The device to train on: the one named by `--device` or `BURN_DEVICE`, else the recipe's
-/// `train.device`, else the preferred compiled one.
-pub fn for_training(recipe: Option<&str>) -> Result<Device> {
-    match recipe {
-        Some(name) if !NAMED.get().copied().unwrap_or(false) => {
-            let spec = name
-                .parse::<DeviceSpec>()
-                .map_err(|e| e.context("train.device"))?;
-            spec.device().map_err(|e| e.context("train.device"))
-        }
-        _ => Ok(device()),
+/// The devices to train on, the first the main one: the one named by `--device` or
+/// `BURN_DEVICE`, else the recipe's `train.devices` or `train.device`, else the preferred
+/// compiled one.
+pub fn for_training(device: Option<&str>, devices: &[String]) -> Result<Vec<Device>> {
+    if NAMED.get().copied().unwrap_or(false) {
+        return Ok(vec![self::device()]);
+    }
+    let named = |name: &str, key: String| -> Result<Device> {
+        let spec = name
+            .parse::<DeviceSpec>()
+            .map_err(|e| e.context(key.clone()))?;
+        spec.device().map_err(|e| e.context(key))
+    };
+    match (device, devices) {
+        (_, [_, ..]) => devices
+            .iter()
+            .enumerate()
+            .map(|(i, d)| named(d, format!("train.devices[{i}]")))
+            .collect(),
+        (Some(name), []) => Ok(vec![named(name, "train.device".into())?]),
+        (None, []) => Ok(vec![self::device()]),
     }
 }
 

@@ -31,6 +31,22 @@ pub struct Evaluation {
     pub dropped_empty: usize,
 }
 
+impl Evaluation {
+    /// The same evaluation with its probabilities at `temperature` (> 0: every argmax, so the
+    /// confusion matrix, stays).
+    pub fn with_temperature(mut self, temperature: f64) -> Self {
+        self.probabilities = self
+            .logits
+            .iter()
+            .map(|l| softmax(l, temperature))
+            .collect();
+        self.temperature = temperature;
+        self.ece = expected_calibration_error(&self.probabilities, &self.targets, ECE_BINS);
+        self.brier = brier(&self.probabilities, &self.targets);
+        self
+    }
+}
+
 /// Evaluates `classifier` on the labelled CSV `data` (the run's columns and labels).
 pub fn evaluate_csv(
     classifier: &Classifier,

@@ -13,6 +13,7 @@ mod evaluation;
 mod metrics;
 mod progress;
 mod renderer;
+mod report;
 mod run;
 mod schedule;
 mod threshold;
@@ -47,8 +48,9 @@ use clap::{Parser, Subcommand};
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
-    /// Compute device: flex, cpu, ndarray, cuda or cuda:N, among those this binary was built
-    /// with (default: BURN_DEVICE, else the first compiled one, GPUs first).
+    /// Compute device: flex, cpu, ndarray, cuda[:N], wgpu|vulkan|metal[:N|:cpu], among those
+    /// this binary was built with (default: BURN_DEVICE, else the first compiled one, GPUs
+    /// first).
     #[arg(long, global = true, value_name = "DEVICE")]
     device: Option<String>,
 }
@@ -69,6 +71,8 @@ enum Command {
     Embed(commands::embed::EmbedArgs),
     /// Measure forward-pass throughput of a model on this machine's backend.
     Bench(commands::bench::BenchArgs),
+    /// Write a run's report.html: curves per epoch, precision-recall, confusion, calibration.
+    Report(commands::report::ReportArgs),
 }
 
 fn main() -> ExitCode {
@@ -86,6 +90,7 @@ fn main() -> ExitCode {
         Some(Command::Export(args)) => commands::export::run(args),
         Some(Command::Embed(args)) => commands::embed::run(args),
         Some(Command::Bench(args)) => commands::bench::run(args),
+        Some(Command::Report(args)) => commands::report::run(args),
         // No command: the default recipe, so `cargo run --release -p trainer` trains.
         None => commands::train::run(commands::train::TrainArgs {
             config: "configs/default.toml".into(),

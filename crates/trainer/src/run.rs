@@ -12,6 +12,8 @@
 //!   adapter/               the same as a HF peft adapter (adapter_config.json +
 //!                          adapter_model.safetensors), loadable by `PeftModel.from_pretrained`
 //!   threshold.json         the decision threshold from `trainer eval --save-threshold`
+//!   calibration.json       the temperature fitted on the validation split
+//!   report.html            charts and tables of the run (`trainer report`)
 //!   checkpoint/            burn-train's resume state (model, optimizer, schedule) of the
 //!                          last epoch and of the best one
 //! ```
@@ -65,6 +67,9 @@ impl RunDir {
     }
     pub fn calibration(&self) -> PathBuf {
         self.root.join("calibration.json")
+    }
+    pub fn report(&self) -> PathBuf {
+        self.root.join("report.html")
     }
     pub fn checkpoints(&self) -> PathBuf {
         self.root.join("checkpoint")

@@ -97,13 +97,8 @@ fn training_on_wgpu_completes_resumes_and_follows_the_recipe_device() {
         "{stderr}"
     );
     ok(&train(&["--resume", "--run-dir", "a"]));
-    let epochs = json(&dir.join("a/metrics.json"))["epochs"].clone();
-    let epochs = epochs.as_array().unwrap();
+    let epochs = finished_epochs(&dir.join("a"));
     assert_eq!(epochs.len(), 2);
-    for e in epochs {
-        let loss = e["valid"]["loss"].as_f64().unwrap();
-        assert!(loss.is_finite() && loss > 0.0, "{e}");
-    }
     // The same recipe trained on Flex (`--device` wins over the recipe) lands close by:
     // dropout masks come from different generators, so not to the last digit.
     ok(&train(&[

@@ -118,6 +118,19 @@ fn train_writes_a_run_that_eval_reproduces_and_resume_continues_exactly() {
             assert!(!eval["per_class"][label][k].is_null(), "{label} {k}");
         }
     }
+    // The report written at the end of training; `trainer report` writes it again the same.
+    let report = dir.join("runs/a/report.html");
+    let page = std::fs::read_to_string(&report).unwrap();
+    assert_eq!(
+        page.matches("<svg").count(),
+        4,
+        "loss, accuracy/F1, PR, reliability"
+    );
+    assert!(page.contains("precision-recall of `标题党`"));
+    std::fs::remove_file(&report).unwrap();
+    let printed = ok(&trainer(dir, &["report", "--run", "runs/a"]));
+    assert!(printed.trim().ends_with("report.html"), "{printed}");
+    assert_eq!(std::fs::read_to_string(&report).unwrap(), page);
     // Any CSV with the same columns.
     let eval_all: Value = serde_json::from_str(&ok(&trainer(
         dir,
@@ -169,6 +182,55 @@ fn train_writes_a_run_that_eval_reproduces_and_resume_continues_exactly() {
     );
 }
 
+/// Data-parallel training through burn-train's multi-device strategy. This machine has one
+/// CPU, so the two devices are Flex twice: each takes its half of the training split, and one
+/// optimizer step follows each round of two batches.
+#[test]
+fn training_on_two_devices_steps_once_per_round_and_resumes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    write_data(dir);
+    let recipe = std::fs::read_to_string(dir.join("tiny.toml")).unwrap();
+    let two = format!("{recipe}devices = [\"flex\", \"flex\"]\n");
+    std::fs::write(dir.join("two.toml"), two).unwrap();
+    let train = |args: &[&str]| {
+        let mut all = vec!["train"];
+        all.extend_from_slice(args);
+        ok(&trainer(dir, &all))
+    };
+    train(&[
+        "--config",
+        "two.toml",
+        "--run-dir",
+        "a",
+        "--stop-after",
+        "1",
+    ]);
+    let summary = json(&dir.join("a/summary.json"));
+    // 48 training titles in batches of 8: 6 batches, 3 rounds of one batch per device.
+    assert_eq!(summary["data"]["train"], 48);
+    assert_eq!(summary["steps"]["per_epoch"], 3, "{summary}");
+    assert_eq!(
+        summary["device"].as_str().unwrap().matches("flex").count(),
+        2
+    );
+    train(&["--resume", "--run-dir", "a"]);
+    let epochs = finished_epochs(&dir.join("a"));
+    assert_eq!(epochs.len(), 2);
+
+    let bad = format!("{recipe}devices = [\"flex\", \"nonsense\"]\n");
+    std::fs::write(dir.join("bad.toml"), bad).unwrap();
+    let e = err(&trainer(dir, &["train", "--config", "bad.toml"]));
+    assert!(
+        e.contains("train.devices[1]") && e.contains("nonsense"),
+        "{e}"
+    );
+    let both = format!("{recipe}device = \"flex\"\ndevices = [\"flex\"]\n");
+    std::fs::write(dir.join("both.toml"), both).unwrap();
+    let e = err(&trainer(dir, &["train", "--config", "both.toml"]));
+    assert!(e.contains("train.device and train.devices"), "{e}");
+}
+
 #[test]
 fn bad_data_and_configs_are_named() {
     let tmp = tempfile::tempdir().unwrap();
@@ -210,6 +272,8 @@ fn bad_data_and_configs_are_named() {
     let e = err(&trainer(dir, &["train", "--config", "missing.toml"]));
     assert!(e.contains("missing.toml"), "{e}");
     let e = err(&trainer(dir, &["eval", "--run", "nowhere"]));
+    assert!(e.contains("nowhere is not a run directory"), "{e}");
+    let e = err(&trainer(dir, &["report", "--run", "nowhere"]));
     assert!(e.contains("nowhere is not a run directory"), "{e}");
     let e = err(&trainer(
         dir,

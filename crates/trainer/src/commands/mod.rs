@@ -4,5 +4,6 @@ pub mod embed;
 pub mod eval;
 pub mod export;
 pub mod predict;
+pub mod report;
 pub mod serve;
 pub mod train;

@@ -39,18 +39,27 @@ pub fn run(args: TrainArgs) -> Result<()> {
     } else {
         Session::new(&args.config, &args.overrides, args.run_dir.as_deref())?
     };
-    let device = crate::device::for_training(session.config.train.device.as_deref())?;
-    device.seed(session.config.train.seed);
-    let train_device = device.clone().autodiff();
-    let pretrained = session.load_model(&train_device)?;
-    let (data, model) = session.prepare(&pretrained, &train_device)?;
+    let train = &session.config.train;
+    let devices = crate::device::for_training(train.device.as_deref(), &train.devices)?;
+    for device in &devices {
+        device.seed(train.seed);
+    }
+    let device = devices.first().context("no device to train on")?.clone();
+    let pretrained = session.load_model(&device.clone().autodiff())?;
+    let (data, model) = session.prepare(&pretrained, &devices)?;
     let pad_id = pretrained.tokenizer.pad_id();
-    let (result, history) = session.fit(data, model, pad_id, &device, args.stop_after);
+    let (result, history) = session.fit(data, model, pad_id, &devices, args.stop_after);
     session.finish(result, &history, &pretrained)?;
-    // The run is complete without it (probabilities are then the plain softmax): a failure
+    // The run is complete without these (probabilities are then the plain softmax): a failure
     // here is reported, not fatal.
-    if let Err(e) = session.calibrate(&pretrained, &device) {
-        eprintln!("warning: not calibrated ({e:#}); probabilities are the uncalibrated softmax");
+    match session.calibrate(&pretrained, &device) {
+        Ok(eval) => match crate::report::write(&session.run, &eval) {
+            Ok(path) => eprintln!("report: {}", path.display()),
+            Err(e) => eprintln!("warning: no report.html ({e:#})"),
+        },
+        Err(e) => {
+            eprintln!("warning: not calibrated ({e:#}); probabilities are the uncalibrated softmax")
+        }
     }
     println!("{}", session.run.root.display());
     Ok(())

@@ -126,6 +126,14 @@ pub struct TrainSection {
     /// neither `--device` nor `BURN_DEVICE` names one; unset: the preferred compiled backend.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub device: Option<String>,
+    /// Data-parallel training on several devices (burn-train's multi-device strategy), e.g.
+    /// `["cuda:0", "cuda:1"]`: each device takes its own batches of `batch_size` from its share
+    /// of the training split, and one optimizer step follows each round, on the summed
+    /// gradients (the effective batch is `batch_size` x devices; `lr` is not rescaled). The
+    /// first device validates and holds the optimizer. Instead of `device`; `--device` and
+    /// `BURN_DEVICE` still pick one device.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub devices: Vec<String>,
 }
 
 impl Default for TrainSection {
@@ -140,6 +148,7 @@ impl Default for TrainSection {
             select_metric: SelectMetric::MacroF1,
             group_by_length: true,
             device: None,
+            devices: Vec::new(),
         }
     }
 }
@@ -199,6 +208,14 @@ impl TrainConfig {
             device
                 .parse::<crate::device::DeviceSpec>()
                 .context("train.device")?;
+        }
+        if t.device.is_some() && !t.devices.is_empty() {
+            bail!("train.device and train.devices: set one of them");
+        }
+        for (i, device) in t.devices.iter().enumerate() {
+            device
+                .parse::<crate::device::DeviceSpec>()
+                .with_context(|| format!("train.devices[{i}]"))?;
         }
         if !(t.lr > 0.0 && t.lr < 1.0) {
             bail!("train.lr must be in (0, 1), got {}", t.lr);

@@ -23,13 +23,16 @@ use burn::train::checkpoint::{
 };
 use burn::train::metric::store::{Aggregate, EventStoreClient, Split};
 use burn::train::metric::{AccuracyMetric, LearningRateMetric, LossMetric};
-use burn::train::{EarlyStoppingStrategy, Learner, LearningResult, SupervisedTraining};
+use burn::train::{
+    EarlyStoppingStrategy, ExecutionStrategy, Learner, LearningResult, MultiDeviceOptim,
+    SupervisedTraining, TrainingStrategy,
+};
 use serde_json::json;
 
 use crate::calibration::Calibration;
 use crate::classifier::Classifier;
 use crate::config::{SelectMetric, TrainConfig};
-use crate::evaluation::evaluate_csv;
+use crate::evaluation::{Evaluation, evaluate_csv};
 use crate::metrics::{ConfusionMetric, MetricKey, ThroughputMetric};
 use crate::progress::thousands;
 use crate::renderer::{EpochRecord, History, renderer};
@@ -112,8 +115,10 @@ impl Session {
     pub fn prepare(
         &mut self,
         pretrained: &Pretrained,
-        device: &Device,
+        devices: &[Device],
     ) -> Result<(Prepared, BertClassifier)> {
+        let main = devices.first().context("no device to train on")?;
+        let device = &main.clone().autodiff();
         let created = CreatedDir::create(&self.run.root, self.resume_from.is_none())?;
         let tokenizer = &pretrained.tokenizer;
         let data = match self.resume_from {
@@ -132,14 +137,19 @@ impl Session {
             thousands(total),
             100.0 * trainable as f64 / total as f64
         );
-        let steps_per_epoch = data.train.len().div_ceil(self.config.train.batch_size);
+        let steps_per_epoch = steps_per_epoch(
+            data.train.len(),
+            self.config.train.batch_size,
+            devices.len(),
+        );
         let mut summary = data.summary.clone();
         summary["params"] = json!({"trainable": trainable, "total": total});
         summary["steps"] = json!({
             "per_epoch": steps_per_epoch,
             "total": steps_per_epoch * self.config.train.epochs,
         });
-        summary["device"] = json!(crate::device::describe(device));
+        let names: Vec<String> = devices.iter().map(crate::device::describe).collect();
+        summary["device"] = json!(names.join(", "));
         if self.resume_from.is_none() {
             write_json(&self.run.summary(), &summary)?;
             let toml = self.config.to_toml();
@@ -153,19 +163,25 @@ impl Session {
     /// Trains `model` on `data` with burn-train's Learner: AdamW, HF's linear warmup schedule,
     /// the dashboard (or plain lines), per-epoch metrics.json, atomic checkpoints of the last
     /// and the best epoch; stops after `stop_after` if given.
-    /// `device` is where batches are made (the model's, without autodiff).
+    /// `devices` (without autodiff) are where batches are made: the first one's unless
+    /// there are several, then burn-train's multi-device strategy gives each its share.
     pub fn fit(
         &self,
         data: Prepared,
         model: BertClassifier,
         pad_id: u32,
-        device: &Device,
+        devices: &[Device],
         stop_after: Option<usize>,
     ) -> (LearningResult<BertClassifier>, History) {
         let (config, run) = (&self.config, &self.run);
+        let device = &devices
+            .first()
+            .cloned()
+            .unwrap_or_else(crate::device::device);
         let batcher = ClassificationBatcher { pad_id };
         let batch = config.train.batch_size;
-        let total_steps = data.train.len().div_ceil(batch) * config.train.epochs;
+        let total_steps =
+            steps_per_epoch(data.train.len(), batch, devices.len()) * config.train.epochs;
         let labels = data.labels.names().to_vec();
         let train_loader = EpochLoader::new(data.train, batcher, batch, device)
             .shuffled(config.train.seed)
@@ -232,6 +248,11 @@ impl Session {
             .num_epochs(config.train.epochs);
         if let Some(stop) = stop_after {
             training = training.early_stopping(StopAfterEpoch(stop));
+        }
+        if devices.len() > 1 {
+            let strategy =
+                ExecutionStrategy::multi(devices.to_vec(), MultiDeviceOptim::OptimMainDevice);
+            training = training.with_training_strategy(TrainingStrategy::Default(strategy));
         }
         match self.resume_from {
             Some(0) => eprintln!("resuming: no epoch had finished, starting epoch 1 again"),
@@ -331,8 +352,9 @@ impl Session {
     }
 
     /// Fits the kept epoch's temperature on the validation split and saves it in the run
-    /// (`calibration.json`), which every later use of the run applies.
-    pub fn calibrate(&self, pretrained: &Pretrained, device: &Device) -> Result<Calibration> {
+    /// (`calibration.json`), which every later use of the run applies. Returns the validation
+    /// split's evaluation at that temperature.
+    pub fn calibrate(&self, pretrained: &Pretrained, device: &Device) -> Result<Evaluation> {
         let run = &self.run;
         let mut classifier = Classifier::load_with(&run.root, pretrained, device)?;
         classifier.temperature = 1.0;
@@ -349,8 +371,17 @@ impl Session {
             calibration.nll_before,
             calibration.nll_after
         );
-        Ok(calibration)
+        Ok(eval.with_temperature(calibration.temperature))
     }
+}
+
+/// Optimizer steps per epoch. With several devices there is one per round of one batch per
+/// device; burn-train gives each device an equal contiguous share of the items and the last
+/// one the remainder, so the last share sets the number of rounds.
+pub fn steps_per_epoch(items: usize, batch_size: usize, devices: usize) -> usize {
+    let devices = devices.max(1);
+    let last_share = items - (devices - 1) * (items / devices);
+    last_share.div_ceil(batch_size.max(1))
 }
 
 /// Keeps the epoch with the best validation value of `metric`.
@@ -395,4 +426,19 @@ pub fn save_trainable(
     meta.insert("base_model".to_string(), config.model.source.clone());
     bert_model::weights::write_safetensors(path, &tensors, Some(meta))?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::steps_per_epoch;
+
+    #[test]
+    fn steps_per_epoch_count_rounds_of_one_batch_per_device() {
+        assert_eq!(steps_per_epoch(48, 8, 1), 6);
+        assert_eq!(steps_per_epoch(48, 8, 2), 3);
+        // Shares of 16, 16 and 17 items: the last needs 3 batches of 8.
+        assert_eq!(steps_per_epoch(49, 8, 3), 3);
+        assert_eq!(steps_per_epoch(5, 8, 2), 1);
+        assert_eq!(steps_per_epoch(0, 8, 2), 0);
+    }
 }

@@ -99,6 +99,18 @@ pub fn json(path: &Path) -> Value {
     serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
 }
 
+/// The epochs of a run's metrics.json, after checking that each has a finite, positive
+/// validation loss.
+pub fn finished_epochs(run: &Path) -> Vec<Value> {
+    let epochs = json(&run.join("metrics.json"))["epochs"].clone();
+    let epochs = epochs.as_array().unwrap().clone();
+    for e in &epochs {
+        let loss = e["valid"]["loss"].as_f64().unwrap();
+        assert!(loss.is_finite() && loss > 0.0, "{e}");
+    }
+    epochs
+}
+
 /// 60 short Chinese titles, two classes, a few empty titles, written with a BOM; a label file;
 /// and a prefix-tuning recipe `tiny.toml` on the tiny fixture model (2 epochs, seconds).
 pub fn write_data(dir: &Path) {
