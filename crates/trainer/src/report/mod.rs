@@ -87,8 +87,8 @@ fn render(run: &RunDir, labels: &[String], eval: &Evaluation) -> Result<String> 
         .as_ref()
         .and_then(|t| labels.iter().position(|l| *l == t.label))
         .or_else(|| default_positive(labels));
-    if let Some(p) = positive {
-        let (chart, notes) = precision_recall(eval, &labels[p], p, threshold.as_ref())?;
+    if let Some((p, label)) = positive.and_then(|p| Some((p, labels.get(p)?))) {
+        let (chart, notes) = precision_recall(eval, label, p, threshold.as_ref())?;
         writeln!(
             w,
             "<figure>{chart}<figcaption>{notes}</figcaption></figure>"
@@ -223,7 +223,11 @@ fn precision_recall(
     p: usize,
     saved: Option<&Threshold>,
 ) -> Result<(String, String)> {
-    let scores: Vec<f32> = eval.probabilities.iter().map(|q| q[p]).collect();
+    let scores: Vec<f32> = eval
+        .probabilities
+        .iter()
+        .map(|q| q.get(p).copied().unwrap_or(0.0))
+        .collect();
     let truth: Vec<bool> = eval.targets.iter().map(|&t| t == p).collect();
     let curve = pr_curve(&scores, &truth);
     let describe = |m: &CurvePoint| {
