@@ -32,18 +32,35 @@ pub struct Evaluation {
 }
 
 impl Evaluation {
+    /// The figures of `logits` (one row per item) against `targets` with probabilities at
+    /// `temperature`; `loss` is the model's mean loss.
+    pub fn new(logits: Vec<Vec<f32>>, targets: Vec<usize>, temperature: f64, loss: f64) -> Self {
+        let probabilities: Vec<Vec<f32>> = logits.iter().map(|l| softmax(l, temperature)).collect();
+        let mut confusion = Confusion::new(logits.first().map_or(0, Vec::len));
+        for (p, &t) in probabilities.iter().zip(&targets) {
+            confusion.add(t, argmax(p).0);
+        }
+        Self {
+            confusion,
+            ece: expected_calibration_error(&probabilities, &targets, ECE_BINS),
+            brier: brier(&probabilities, &targets),
+            rows: logits.len(),
+            probabilities,
+            logits,
+            temperature,
+            targets,
+            loss,
+            dropped_empty: 0,
+        }
+    }
+
     /// The same evaluation with its probabilities at `temperature` (> 0: every argmax, so the
     /// confusion matrix, stays).
-    pub fn with_temperature(mut self, temperature: f64) -> Self {
-        self.probabilities = self
-            .logits
-            .iter()
-            .map(|l| softmax(l, temperature))
-            .collect();
-        self.temperature = temperature;
-        self.ece = expected_calibration_error(&self.probabilities, &self.targets, ECE_BINS);
-        self.brier = brier(&self.probabilities, &self.targets);
-        self
+    pub fn with_temperature(self, temperature: f64) -> Self {
+        Self {
+            dropped_empty: self.dropped_empty,
+            ..Self::new(self.logits, self.targets, temperature, self.loss)
+        }
     }
 }
 
@@ -93,10 +110,7 @@ pub fn evaluate(
     device: &Device,
 ) -> Result<Evaluation> {
     let model = model.valid();
-    let k = model.num_labels();
-    let mut confusion = Confusion::new(k);
     let mut loss_sum = 0.0;
-    let mut probabilities = vec![Vec::new(); examples.len()];
     let mut logits = vec![Vec::new(); examples.len()];
     // Batched by token length (less padding, the same results), reported in input order.
     let mut order: Vec<usize> = (0..examples.len()).collect();
@@ -107,23 +121,10 @@ pub fn evaluate(
         let loss = step.loss.into_scalar::<f32>() as f64;
         loss_sum += loss * chunk.len() as f64;
         for (&i, row) in chunk.iter().zip(logits_rows(step.logits)?) {
-            let p = softmax(&row, temperature);
-            confusion.add(examples[i].label, argmax(&p).0);
-            probabilities[i] = p;
             logits[i] = row;
         }
     }
     let targets: Vec<usize> = examples.iter().map(|e| e.label).collect();
-    Ok(Evaluation {
-        confusion,
-        ece: expected_calibration_error(&probabilities, &targets, ECE_BINS),
-        brier: brier(&probabilities, &targets),
-        probabilities,
-        logits,
-        temperature,
-        targets,
-        loss: loss_sum / examples.len() as f64,
-        rows: examples.len(),
-        dropped_empty: 0,
-    })
+    let loss = loss_sum / examples.len() as f64;
+    Ok(Evaluation::new(logits, targets, temperature, loss))
 }
