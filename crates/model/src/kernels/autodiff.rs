@@ -95,4 +95,75 @@ impl<B: Backend + BertKernels, C: CheckpointStrategy> BertKernels for Autodiff<B
         let out = B::masked_softmax_backward(probs.into_primitive(), grad.into_primitive(), scale);
         Autodiff::<B, C>::from_inner(out)
     }
+
+    fn linear_with_bias(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        bias: FloatTensor<Self>,
+    ) -> FloatTensor<Self> {
+        #[derive(Debug)]
+        struct Linear;
+
+        impl<B: Backend + BertKernels> Backward<B, 3> for Linear {
+            /// The input, kept when the weight needs a gradient, and the weight, kept when
+            /// the input does (a frozen weight keeps no activations alive).
+            type State = (
+                Option<B::FloatTensorPrimitive>,
+                Option<B::FloatTensorPrimitive>,
+            );
+
+            fn backward(
+                self,
+                ops: Ops<Self::State, 3>,
+                grads: &mut Gradients,
+                _: &mut Checkpointer,
+            ) {
+                let [node_x, node_weight, node_bias] = ops.parents;
+                let grad = grads.consume::<B>(&ops.node);
+                let (x, weight) = ops.state;
+                if let (Some(node), Some(weight)) = (node_x, weight) {
+                    grads.register::<B>(node.id, B::linear_backward_x(weight, grad.clone()));
+                }
+                if let (Some(node), Some(x)) = (node_weight, x) {
+                    grads.register::<B>(node.id, B::linear_backward_weight(x, grad.clone()));
+                }
+                if let Some(node) = node_bias {
+                    grads.register::<B>(node.id, B::linear_backward_bias(grad));
+                }
+            }
+        }
+
+        let (x_tracked, weight_tracked) = (x.is_tracked(), weight.is_tracked());
+        let (x, x_node) = x.into_parts();
+        let (weight, weight_node) = weight.into_parts();
+        let (bias, bias_node) = bias.into_parts();
+        match Linear
+            .prepare::<C>([x_node, weight_node, bias_node])
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(prep) => {
+                let state = (
+                    weight_tracked.then(|| x.clone()),
+                    x_tracked.then(|| weight.clone()),
+                );
+                prep.finish(state, B::linear_with_bias(x, weight, bias))
+            }
+            OpsKind::UnTracked(prep) => prep.finish(B::linear_with_bias(x, weight, bias)),
+        }
+    }
+
+    fn linear_backward_x(weight: FloatTensor<Self>, grad: FloatTensor<Self>) -> FloatTensor<Self> {
+        let out = B::linear_backward_x(weight.into_primitive(), grad.into_primitive());
+        Autodiff::<B, C>::from_inner(out)
+    }
+
+    fn linear_backward_weight(x: FloatTensor<Self>, grad: FloatTensor<Self>) -> FloatTensor<Self> {
+        let out = B::linear_backward_weight(x.into_primitive(), grad.into_primitive());
+        Autodiff::<B, C>::from_inner(out)
+    }
+
+    fn linear_backward_bias(grad: FloatTensor<Self>) -> FloatTensor<Self> {
+        Autodiff::<B, C>::from_inner(B::linear_backward_bias(grad.into_primitive()))
+    }
 }

@@ -120,6 +120,166 @@ impl BertKernels for Flex {
         );
         output(out, shape, dtype)
     }
+
+    fn linear_with_bias(x: FlexTensor, weight: FlexTensor, bias: FlexTensor) -> FlexTensor {
+        let (x, dtype) = f32_contiguous(x);
+        let (weight, _) = f32_contiguous(weight);
+        let (bias, _) = f32_contiguous(bias);
+        let [d_in, d_out] = weight.shape().dims::<2>();
+        let rows = x.shape().num_elements() / d_in.max(1);
+        let mut out = Vec::with_capacity(rows * d_out);
+        for _ in 0..rows {
+            out.extend_from_slice(values(&bias));
+        }
+        let lhs = Matrix::row_major(values(&x), d_in);
+        let rhs = Matrix::row_major(values(&weight), d_out);
+        // SAFETY: the operands hold rows x d_in and d_in x d_out values; `out` holds rows x d_out.
+        unsafe { gemm_into(out.as_mut_ptr(), rows, d_out, d_in, lhs, rhs, true) };
+        output(out, with_last_dim(x.shape(), d_out), dtype)
+    }
+
+    fn linear_backward_x(weight: FlexTensor, grad: FlexTensor) -> FlexTensor {
+        let (weight, dtype) = f32_contiguous(weight);
+        let (grad, _) = f32_contiguous(grad);
+        let [d_in, d_out] = weight.shape().dims::<2>();
+        let rows = grad.shape().num_elements() / d_out.max(1);
+        let mut out = Vec::with_capacity(rows * d_in);
+        let lhs = Matrix::row_major(values(&grad), d_out);
+        let rhs = Matrix::row_major(values(&weight), d_out).transposed();
+        // SAFETY: the capacity holds rows x d_in values, all written by `gemm_into` before `set_len`.
+        unsafe {
+            gemm_into(out.as_mut_ptr(), rows, d_in, d_out, lhs, rhs, false);
+            out.set_len(rows * d_in);
+        }
+        output(out, with_last_dim(grad.shape(), d_in), dtype)
+    }
+
+    fn linear_backward_weight(x: FlexTensor, grad: FlexTensor) -> FlexTensor {
+        let (x, dtype) = f32_contiguous(x);
+        let (grad, _) = f32_contiguous(grad);
+        let shape = x.shape();
+        let d_in = shape[shape.num_dims() - 1];
+        let grad_shape = grad.shape();
+        let d_out = grad_shape[grad_shape.num_dims() - 1];
+        let rows = shape.num_elements() / d_in.max(1);
+        let mut out = Vec::with_capacity(d_in * d_out);
+        let lhs = Matrix::row_major(values(&x), d_in).transposed();
+        let rhs = Matrix::row_major(values(&grad), d_out);
+        // SAFETY: as in `linear_backward_x`.
+        unsafe {
+            gemm_into(out.as_mut_ptr(), d_in, d_out, rows, lhs, rhs, false);
+            out.set_len(d_in * d_out);
+        }
+        output(out, Shape::new([d_in, d_out]), dtype)
+    }
+
+    fn linear_backward_bias(grad: FlexTensor) -> FlexTensor {
+        let (grad, dtype) = f32_contiguous(grad);
+        let shape = grad.shape();
+        let d_out = shape[shape.num_dims() - 1];
+        let mut out = vec![0.0; d_out];
+        for row in values(&grad).chunks_exact(d_out.max(1)) {
+            for (o, &g) in out.iter_mut().zip(row) {
+                *o += g;
+            }
+        }
+        output(out, Shape::new([d_out]), dtype)
+    }
+}
+
+/// `shape` with its last dimension replaced.
+fn with_last_dim(shape: Shape, last: usize) -> Shape {
+    let mut dims = shape.to_vec();
+    if let Some(d) = dims.last_mut() {
+        *d = last;
+    }
+    Shape::from(dims)
+}
+
+/// A matrix operand of [`gemm_into`]: a pointer and its row and column strides, in elements.
+#[derive(Clone, Copy)]
+struct Matrix {
+    ptr: *const f32,
+    row_stride: isize,
+    col_stride: isize,
+}
+
+impl Matrix {
+    fn row_major(values: &[f32], cols: usize) -> Self {
+        Self {
+            ptr: values.as_ptr(),
+            row_stride: cols as isize,
+            col_stride: 1,
+        }
+    }
+
+    fn transposed(self) -> Self {
+        Self {
+            row_stride: self.col_stride,
+            col_stride: self.row_stride,
+            ..self
+        }
+    }
+}
+
+/// Below this many multiply-adds a product runs on the calling thread (Flex's own threshold):
+/// handing a one-text product to the thread pool costs more than it saves.
+const PARALLEL_THRESHOLD: usize = 192 * 192 * 192;
+
+/// `out = lhs · rhs` (`m x k` by `k x n`, `out` row-major `m x n`), or `out += lhs · rhs` when
+/// `accumulate`.
+///
+/// # Safety
+/// `lhs` and `rhs` must address `m x k` and `k x n` readable values through their strides, and
+/// `out` must be valid for `m x n` values; without `accumulate` it is only written.
+unsafe fn gemm_into(
+    out: *mut f32,
+    m: usize,
+    n: usize,
+    k: usize,
+    lhs: Matrix,
+    rhs: Matrix,
+    accumulate: bool,
+) {
+    if m == 0 || n == 0 {
+        return;
+    }
+    if k == 0 {
+        if !accumulate {
+            // SAFETY: `out` holds m x n values.
+            unsafe { std::ptr::write_bytes(out, 0, m * n) };
+        }
+        return;
+    }
+    let parallelism = if m.saturating_mul(n).saturating_mul(k) >= PARALLEL_THRESHOLD {
+        gemm::Parallelism::Rayon(0)
+    } else {
+        gemm::Parallelism::None
+    };
+    // SAFETY: forwarded from the caller.
+    unsafe {
+        gemm::gemm::<f32>(
+            m,
+            n,
+            k,
+            out,
+            1,
+            n as isize,
+            accumulate,
+            lhs.ptr,
+            lhs.col_stride,
+            lhs.row_stride,
+            rhs.ptr,
+            rhs.col_stride,
+            rhs.row_stride,
+            1.0,
+            1.0,
+            false,
+            false,
+            false,
+            parallelism,
+        )
+    };
 }
 
 /// One row of `softmax(scores * scale + bias)`.

@@ -1,7 +1,7 @@
 //! Fused kernels for the operations Flex runs slowly, as a Burn backend extension.
 //!
-//! [`gelu`] (exact, erf-based) and [`masked_softmax`] (attention's scale + mask + softmax in one
-//! pass) go through [`BertKernels`] on Flex, with or without autodiff, and through Burn's generic
+//! [`gelu`] (exact, erf-based), [`masked_softmax`] (attention's scale + mask + softmax in one
+//! pass) and [`linear`] (bias and matrix product in one `gemm` call) go through [`BertKernels`] on Flex, with or without autodiff, and through Burn's generic
 //! tensor ops on every other backend, so the model code calls one function and each backend gets
 //! its best path. Each kernel has a hand-written backward pass (`autodiff.rs`) and is checked
 //! against the generic ops, values and gradients, in this module's tests; the parity fixtures
@@ -38,6 +38,19 @@ pub trait BertKernels: Backend {
         grad: FloatTensor<Self>,
         scale: f32,
     ) -> FloatTensor<Self>;
+    /// `x · weight + bias` over the last dimension: `x` is `[..., d_in]`, `weight`
+    /// `[d_in, d_out]`, `bias` `[d_out]`.
+    fn linear_with_bias(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        bias: FloatTensor<Self>,
+    ) -> FloatTensor<Self>;
+    /// `grad · weightᵀ`: the gradient of [`Self::linear_with_bias`]'s input.
+    fn linear_backward_x(weight: FloatTensor<Self>, grad: FloatTensor<Self>) -> FloatTensor<Self>;
+    /// `xᵀ · grad` over all leading dimensions: the gradient of [`Self::linear_with_bias`]'s weight.
+    fn linear_backward_weight(x: FloatTensor<Self>, grad: FloatTensor<Self>) -> FloatTensor<Self>;
+    /// `grad` summed over all leading dimensions: the gradient of [`Self::linear_with_bias`]'s bias.
+    fn linear_backward_bias(grad: FloatTensor<Self>) -> FloatTensor<Self>;
 }
 
 /// Whether `device` (or the device an autodiff device wraps) computes on the host CPU.
@@ -69,6 +82,25 @@ pub fn gelu<const D: usize>(x: Tensor<D>) -> Tensor<D> {
     }
     Tensor::from_dispatch(<burn::backend::Dispatch as BertKernels>::gelu_erf(
         x.into_dispatch(),
+    ))
+}
+
+/// `x · weight + bias` (Burn's `[d_in, d_out]` weight layout), as `burn::tensor::module::linear`.
+/// On Flex the bias is written first and the product accumulated onto it by one `gemm` call:
+/// Flex's own matmul zeroes its output, copies it to realign it and adds the bias in another pass.
+pub fn linear<const D: usize>(
+    x: Tensor<D>,
+    weight: Tensor<2>,
+    bias: Option<Tensor<1>>,
+) -> Tensor<D> {
+    let bias = match bias {
+        Some(bias) if has_kernels(&x.device()) => bias,
+        bias => return burn::tensor::module::linear(x, weight, bias),
+    };
+    Tensor::from_dispatch(<burn::backend::Dispatch as BertKernels>::linear_with_bias(
+        x.into_dispatch(),
+        weight.into_dispatch(),
+        bias.into_dispatch(),
     ))
 }
 

@@ -94,3 +94,52 @@ fn masked_softmax_takes_a_full_bias_and_strided_scores() {
     let reference = activation::softmax(scores * 0.5 + bias, 3);
     assert!(max_diff(ours, reference) < 1e-6);
 }
+
+#[test]
+fn linear_matches_burns_linear_in_value_and_gradients() {
+    let device = Device::default().autodiff();
+    // One product below the threshold for threads, one above, and a frozen weight.
+    for ([batch, seq, d_in, d_out], frozen) in [
+        ([2, 3, 5, 7], false),
+        ([4, 33, 96, 200], false),
+        ([3, 4, 6, 2], true),
+    ] {
+        let x = random([batch, seq, d_in], &device).require_grad();
+        let mut weight = random([d_in, d_out], &device);
+        let bias = random([d_out], &device).require_grad();
+        if !frozen {
+            weight = weight.require_grad();
+        }
+        let ours = linear(x.clone(), weight.clone(), Some(bias.clone()));
+        let reference = burn::tensor::module::linear(x.clone(), weight.clone(), Some(bias.clone()));
+        assert!(max_diff(ours.clone(), reference.clone()) < 1e-3);
+        let weights = random([batch, seq, d_out], &device);
+        let g_ours = (ours * weights.clone()).sum().backward();
+        let g_ref = (reference * weights).sum().backward();
+        let diff = max_diff(x.grad(&g_ours).unwrap(), x.grad(&g_ref).unwrap());
+        assert!(diff < 1e-3, "input gradient differs by {diff}");
+        let diff = max_diff(bias.grad(&g_ours).unwrap(), bias.grad(&g_ref).unwrap());
+        assert!(diff < 1e-3, "bias gradient differs by {diff}");
+        match (weight.grad(&g_ours), weight.grad(&g_ref)) {
+            (Some(ours), Some(reference)) => {
+                let diff = max_diff(ours, reference);
+                assert!(diff < 1e-3, "weight gradient differs by {diff}");
+            }
+            (None, None) => assert!(frozen),
+            _ => panic!("the weight's gradient exists on one side only"),
+        }
+    }
+}
+
+#[test]
+fn linear_reads_a_transposed_weight_and_an_empty_batch() {
+    let device = Device::default();
+    let x = random([5, 8], &device);
+    let weight = random([3, 8], &device).transpose();
+    let bias = random([3], &device);
+    let ours = linear(x.clone(), weight.clone(), Some(bias.clone()));
+    let reference = burn::tensor::module::linear(x, weight.clone(), Some(bias.clone()));
+    assert!(max_diff(ours, reference) < 1e-4);
+    let empty = linear(Tensor::<2>::zeros([0, 8], &device), weight, Some(bias));
+    assert_eq!(empty.dims(), [0, 3]);
+}

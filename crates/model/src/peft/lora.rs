@@ -402,7 +402,7 @@ impl LoraLinear {
     }
 
     pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
-        let base = burn::tensor::module::linear(
+        let base = crate::kernels::linear(
             x.clone(),
             self.weight.val(),
             self.bias.as_ref().map(|b| b.val()),
