@@ -8,13 +8,14 @@
 //! Self-attention can take per-layer key/value prefixes: prefix tuning feeds those, and the
 //! attention mask is extended by ones for them, as peft does with `past_key_values`.
 
-use burn::nn::{Embedding, EmbeddingConfig, LayerNorm, LayerNormConfig, Linear, LinearConfig};
+use burn::nn::{Embedding, EmbeddingConfig, Linear, LinearConfig};
 use burn::prelude::*;
 use burn::tensor::activation;
 
 use crate::config::BertConfig;
 use crate::dropout::{Dropout, DropoutConfig};
 use crate::kernels;
+use crate::norm::LayerNorm;
 use crate::peft::lora::LoraLinear;
 
 /// Key/value tensors prepended to one layer's attention, each `[batch, heads, prefix_len, head_dim]`.
@@ -455,9 +456,7 @@ pub fn mask_bias(mask: Tensor<2>) -> Tensor<4> {
 }
 
 fn layer_norm(config: &BertConfig, device: &Device) -> LayerNorm {
-    LayerNormConfig::new(config.hidden_size)
-        .with_epsilon(config.layer_norm_eps)
-        .init(device)
+    LayerNorm::new(config.hidden_size, config.layer_norm_eps, device)
 }
 
 /// BERT + dropout + linear, HF's `BertForSequenceClassification`: logits from the pooled output.

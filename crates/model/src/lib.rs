@@ -19,6 +19,7 @@ pub mod export;
 pub mod fsutil;
 pub mod kernels;
 pub mod load;
+pub mod norm;
 pub mod params;
 pub mod peft;
 pub mod pooling;

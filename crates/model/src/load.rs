@@ -9,13 +9,14 @@
 use std::collections::BTreeSet;
 
 use burn::module::Param;
-use burn::nn::{Embedding, LayerNorm, LayerNormConfig, Linear};
+use burn::nn::{Embedding, Linear};
 use burn::prelude::*;
 
 use crate::bert::*;
 use crate::config::BertConfig;
 use crate::dropout::DropoutConfig;
 use crate::error::{ModelError, Result};
+use crate::norm::LayerNorm;
 use crate::weights::{Checkpoint, RawTensor};
 
 /// Where the encoder's keys live in a checkpoint.
@@ -153,12 +154,7 @@ impl<'a> Reader<'a> {
         let d = config.hidden_size;
         let gamma = self.tensor::<1>(&format!("{key}.weight"), [d]);
         let beta = self.tensor::<1>(&format!("{key}.bias"), [d]);
-        let mut norm = LayerNormConfig::new(d)
-            .with_epsilon(config.layer_norm_eps)
-            .init(self.device);
-        norm.gamma = Param::from_tensor(gamma?);
-        norm.beta = Some(Param::from_tensor(beta?));
-        Some(norm)
+        Some(LayerNorm::from_parts(gamma?, beta?, config.layer_norm_eps))
     }
 }
 

@@ -166,4 +166,80 @@ impl<B: Backend + BertKernels, C: CheckpointStrategy> BertKernels for Autodiff<B
     fn linear_backward_bias(grad: FloatTensor<Self>) -> FloatTensor<Self> {
         Autodiff::<B, C>::from_inner(B::linear_backward_bias(grad.into_primitive()))
     }
+
+    fn layer_norm_affine(
+        x: FloatTensor<Self>,
+        gamma: FloatTensor<Self>,
+        beta: FloatTensor<Self>,
+        epsilon: f32,
+    ) -> FloatTensor<Self> {
+        #[derive(Debug)]
+        struct LayerNorm;
+
+        impl<B: Backend + BertKernels> Backward<B, 3> for LayerNorm {
+            /// The input, gamma and epsilon.
+            type State = (B::FloatTensorPrimitive, B::FloatTensorPrimitive, f32);
+
+            fn backward(
+                self,
+                ops: Ops<Self::State, 3>,
+                grads: &mut Gradients,
+                _: &mut Checkpointer,
+            ) {
+                let [node_x, node_gamma, node_beta] = ops.parents;
+                let grad = grads.consume::<B>(&ops.node);
+                let (x, gamma, epsilon) = ops.state;
+                if let Some(node) = node_gamma {
+                    let dgamma = B::layer_norm_backward_gamma(x.clone(), grad.clone(), epsilon);
+                    grads.register::<B>(node.id, dgamma);
+                }
+                if let Some(node) = node_beta {
+                    grads.register::<B>(node.id, B::linear_backward_bias(grad.clone()));
+                }
+                if let Some(node) = node_x {
+                    let dx = B::layer_norm_backward_x(x, gamma, grad, epsilon);
+                    grads.register::<B>(node.id, dx);
+                }
+            }
+        }
+
+        let (x, x_node) = x.into_parts();
+        let (gamma, gamma_node) = gamma.into_parts();
+        let (beta, beta_node) = beta.into_parts();
+        match LayerNorm
+            .prepare::<C>([x_node, gamma_node, beta_node])
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(prep) => {
+                let out = B::layer_norm_affine(x.clone(), gamma.clone(), beta, epsilon);
+                prep.finish((x, gamma, epsilon), out)
+            }
+            OpsKind::UnTracked(prep) => prep.finish(B::layer_norm_affine(x, gamma, beta, epsilon)),
+        }
+    }
+
+    fn layer_norm_backward_x(
+        x: FloatTensor<Self>,
+        gamma: FloatTensor<Self>,
+        grad: FloatTensor<Self>,
+        epsilon: f32,
+    ) -> FloatTensor<Self> {
+        let out = B::layer_norm_backward_x(
+            x.into_primitive(),
+            gamma.into_primitive(),
+            grad.into_primitive(),
+            epsilon,
+        );
+        Autodiff::<B, C>::from_inner(out)
+    }
+
+    fn layer_norm_backward_gamma(
+        x: FloatTensor<Self>,
+        grad: FloatTensor<Self>,
+        epsilon: f32,
+    ) -> FloatTensor<Self> {
+        let out = B::layer_norm_backward_gamma(x.into_primitive(), grad.into_primitive(), epsilon);
+        Autodiff::<B, C>::from_inner(out)
+    }
 }

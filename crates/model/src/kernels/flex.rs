@@ -175,16 +175,129 @@ impl BertKernels for Flex {
 
     fn linear_backward_bias(grad: FlexTensor) -> FlexTensor {
         let (grad, dtype) = f32_contiguous(grad);
-        let shape = grad.shape();
-        let d_out = shape[shape.num_dims() - 1];
-        let mut out = vec![0.0; d_out];
-        for row in values(&grad).chunks_exact(d_out.max(1)) {
-            for (o, &g) in out.iter_mut().zip(row) {
-                *o += g;
-            }
-        }
-        output(out, Shape::new([d_out]), dtype)
+        let d = last_dim(&grad);
+        let g = values(&grad);
+        let out = math::sum_over_rows(
+            g.len() / d.max(1),
+            d,
+            #[inline(always)]
+            |r, acc| {
+                for (a, &g) in acc.iter_mut().zip(&g[r * d..][..d]) {
+                    *a += g;
+                }
+            },
+        );
+        output(out, Shape::new([d]), dtype)
     }
+
+    fn layer_norm_affine(
+        x: FlexTensor,
+        gamma: FlexTensor,
+        beta: FlexTensor,
+        epsilon: f32,
+    ) -> FlexTensor {
+        let (x, dtype) = f32_contiguous(x);
+        let (gamma, _) = f32_contiguous(gamma);
+        let (beta, _) = f32_contiguous(beta);
+        let d = last_dim(&x);
+        let (xs, g, b) = (values(&x), values(&gamma), values(&beta));
+        let mut out = vec![0.0; xs.len()];
+        math::for_rows(
+            &mut out,
+            d,
+            #[inline(always)]
+            |r, row| {
+                let x = &xs[r * d..][..d];
+                let (mean, rstd) = row_stats(x, epsilon);
+                for (((o, &x), &g), &b) in row.iter_mut().zip(x).zip(g).zip(b) {
+                    *o = (x - mean) * rstd * g + b;
+                }
+            },
+        );
+        output(out, x.shape(), dtype)
+    }
+
+    fn layer_norm_backward_x(
+        x: FlexTensor,
+        gamma: FlexTensor,
+        grad: FlexTensor,
+        epsilon: f32,
+    ) -> FlexTensor {
+        let (x, dtype) = f32_contiguous(x);
+        let (gamma, _) = f32_contiguous(gamma);
+        let (grad, _) = f32_contiguous(grad);
+        let d = last_dim(&x);
+        let (xs, g, gs) = (values(&x), values(&gamma), values(&grad));
+        let mut out = vec![0.0; xs.len()];
+        // With x̂ = (x − mean) · rstd and gy = grad ⊙ gamma:
+        // dx = rstd · (gy − mean(gy) − x̂ · mean(gy ⊙ x̂)).
+        math::for_rows(
+            &mut out,
+            d,
+            #[inline(always)]
+            |r, row| {
+                let (x, grad) = (&xs[r * d..][..d], &gs[r * d..][..d]);
+                let (mean, rstd) = row_stats(x, epsilon);
+                // `row` holds gy first.
+                for ((o, &grad), &g) in row.iter_mut().zip(grad).zip(g) {
+                    *o = grad * g;
+                }
+                let gy_mean = math::sum(row) / d as f32;
+                let gy_x_mean = (math::dot(row, x) - mean * math::sum(row)) * rstd / d as f32;
+                for (o, &x) in row.iter_mut().zip(x) {
+                    *o = rstd * (*o - gy_mean - (x - mean) * rstd * gy_x_mean);
+                }
+            },
+        );
+        output(out, x.shape(), dtype)
+    }
+
+    fn layer_norm_backward_gamma(x: FlexTensor, grad: FlexTensor, epsilon: f32) -> FlexTensor {
+        let (x, dtype) = f32_contiguous(x);
+        let (grad, _) = f32_contiguous(grad);
+        let d = last_dim(&x);
+        let (xs, gs) = (values(&x), values(&grad));
+        let out = math::sum_over_rows(
+            xs.len() / d.max(1),
+            d,
+            #[inline(always)]
+            |r, acc| {
+                let (x, grad) = (&xs[r * d..][..d], &gs[r * d..][..d]);
+                let (mean, rstd) = row_stats(x, epsilon);
+                for ((a, &x), &g) in acc.iter_mut().zip(x).zip(grad) {
+                    *a += g * (x - mean) * rstd;
+                }
+            },
+        );
+        output(out, Shape::new([d]), dtype)
+    }
+}
+
+/// The size of the last dimension.
+fn last_dim(tensor: &FlexTensor) -> usize {
+    let shape = tensor.shape();
+    shape[shape.num_dims() - 1]
+}
+
+/// The mean of a row and `1 / sqrt(var + epsilon)` (biased variance, as PyTorch's layer norm).
+#[inline(always)]
+fn row_stats(x: &[f32], epsilon: f32) -> (f32, f32) {
+    let n = x.len() as f32;
+    let mean = math::sum(x) / n;
+    let mut acc = [0.0f32; 16];
+    let chunks = x.chunks_exact(16);
+    let tail: f32 = chunks
+        .remainder()
+        .iter()
+        .map(|v| (v - mean) * (v - mean))
+        .sum();
+    for c in chunks {
+        for i in 0..16 {
+            acc[i] += (c[i] - mean) * (c[i] - mean);
+        }
+    }
+    let var = (acc.iter().sum::<f32>() + tail) / n;
+    (mean, 1.0 / (var + epsilon).sqrt())
 }
 
 /// `shape` with its last dimension replaced.

@@ -191,6 +191,76 @@ pub fn for_rows(
         .for_each(|(task, rows)| run(task * rows_per_task, rows));
 }
 
+/// `Σ_r f(r)` for `r` in `0..rows`, where `f(r, acc)` adds row `r`'s contribution into `acc`
+/// (`len` values): column sums of something computed per row, split across threads by groups
+/// of rows, each with its own accumulator.
+pub fn sum_over_rows(
+    rows: usize,
+    len: usize,
+    f: impl Fn(usize, &mut [f32]) + Sync + Send + Copy,
+) -> Vec<f32> {
+    let run = |rows: std::ops::Range<usize>| {
+        let mut acc = vec![0.0; len];
+        widest(
+            #[inline(always)]
+            || {
+                for r in rows {
+                    f(r, &mut acc);
+                }
+            },
+        );
+        acc
+    };
+    let rows_per_task = (CHUNK / len.max(1)).max(1);
+    if rows * len < 2 * CHUNK {
+        return run(0..rows);
+    }
+    (0..rows.div_ceil(rows_per_task))
+        .into_par_iter()
+        .map(|task| run(task * rows_per_task..((task + 1) * rows_per_task).min(rows)))
+        .reduce(
+            || vec![0.0; len],
+            |mut a, b| {
+                a.iter_mut().zip(b).for_each(|(a, b)| *a += b);
+                a
+            },
+        )
+}
+
+/// `Σ x[i] · y[i]` with sixteen partial sums, so that the loop vectorises (a single running sum
+/// must be added in order).
+#[inline(always)]
+pub fn dot(x: &[f32], y: &[f32]) -> f32 {
+    let mut acc = [0.0f32; 16];
+    let (xc, yc) = (x.chunks_exact(16), y.chunks_exact(16));
+    let tail: f32 = xc
+        .remainder()
+        .iter()
+        .zip(yc.remainder())
+        .map(|(a, b)| a * b)
+        .sum();
+    for (a, b) in xc.zip(yc) {
+        for i in 0..16 {
+            acc[i] += a[i] * b[i];
+        }
+    }
+    acc.iter().sum::<f32>() + tail
+}
+
+/// `Σ x[i]`, vectorised as [`dot`].
+#[inline(always)]
+pub fn sum(x: &[f32]) -> f32 {
+    let mut acc = [0.0f32; 16];
+    let chunks = x.chunks_exact(16);
+    let tail: f32 = chunks.remainder().iter().sum();
+    for a in chunks {
+        for i in 0..16 {
+            acc[i] += a[i];
+        }
+    }
+    acc.iter().sum::<f32>() + tail
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,7 +1,7 @@
 //! Fused kernels for the operations Flex runs slowly, as a Burn backend extension.
 //!
 //! [`gelu`] (exact, erf-based), [`masked_softmax`] (attention's scale + mask + softmax in one
-//! pass) and [`linear`] (bias and matrix product in one `gemm` call) go through [`BertKernels`] on Flex, with or without autodiff, and through Burn's generic
+//! pass), [`linear`] (bias and matrix product in one `gemm` call) and [`layer_norm`] go through [`BertKernels`] on Flex, with or without autodiff, and through Burn's generic
 //! tensor ops on every other backend, so the model code calls one function and each backend gets
 //! its best path. Each kernel has a hand-written backward pass (`autodiff.rs`) and is checked
 //! against the generic ops, values and gradients, in this module's tests; the parity fixtures
@@ -49,8 +49,30 @@ pub trait BertKernels: Backend {
     fn linear_backward_x(weight: FloatTensor<Self>, grad: FloatTensor<Self>) -> FloatTensor<Self>;
     /// `xᵀ · grad` over all leading dimensions: the gradient of [`Self::linear_with_bias`]'s weight.
     fn linear_backward_weight(x: FloatTensor<Self>, grad: FloatTensor<Self>) -> FloatTensor<Self>;
-    /// `grad` summed over all leading dimensions: the gradient of [`Self::linear_with_bias`]'s bias.
+    /// `grad` summed over all leading dimensions: the gradient of [`Self::linear_with_bias`]'s bias
+    /// (and of [`Self::layer_norm_affine`]'s).
     fn linear_backward_bias(grad: FloatTensor<Self>) -> FloatTensor<Self>;
+    /// `(x − mean) / sqrt(var + epsilon) · gamma + beta` over the last dimension.
+    fn layer_norm_affine(
+        x: FloatTensor<Self>,
+        gamma: FloatTensor<Self>,
+        beta: FloatTensor<Self>,
+        epsilon: f32,
+    ) -> FloatTensor<Self>;
+    /// The gradient of [`Self::layer_norm_affine`]'s input.
+    fn layer_norm_backward_x(
+        x: FloatTensor<Self>,
+        gamma: FloatTensor<Self>,
+        grad: FloatTensor<Self>,
+        epsilon: f32,
+    ) -> FloatTensor<Self>;
+    /// The gradient of [`Self::layer_norm_affine`]'s `gamma`: `grad ⊙ x̂` summed over the leading
+    /// dimensions.
+    fn layer_norm_backward_gamma(
+        x: FloatTensor<Self>,
+        grad: FloatTensor<Self>,
+        epsilon: f32,
+    ) -> FloatTensor<Self>;
 }
 
 /// Whether `device` (or the device an autodiff device wraps) computes on the host CPU.
@@ -101,6 +123,25 @@ pub fn linear<const D: usize>(
         x.into_dispatch(),
         weight.into_dispatch(),
         bias.into_dispatch(),
+    ))
+}
+
+/// Layer normalisation over the last dimension, as `burn::tensor::module::layer_norm`.
+pub fn layer_norm<const D: usize>(
+    x: Tensor<D>,
+    gamma: Tensor<1>,
+    beta: Option<Tensor<1>>,
+    epsilon: f64,
+) -> Tensor<D> {
+    let beta = match beta {
+        Some(beta) if has_kernels(&x.device()) => beta,
+        beta => return burn::tensor::module::layer_norm(x, gamma, beta, epsilon),
+    };
+    Tensor::from_dispatch(<burn::backend::Dispatch as BertKernels>::layer_norm_affine(
+        x.into_dispatch(),
+        gamma.into_dispatch(),
+        beta.into_dispatch(),
+        epsilon as f32,
     ))
 }
 

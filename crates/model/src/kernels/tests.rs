@@ -143,3 +143,37 @@ fn linear_reads_a_transposed_weight_and_an_empty_batch() {
     let empty = linear(Tensor::<2>::zeros([0, 8], &device), weight, Some(bias));
     assert_eq!(empty.dims(), [0, 3]);
 }
+
+#[test]
+fn layer_norm_matches_burns_layer_norm_in_value_and_gradients() {
+    let device = Device::default().autodiff();
+    for [batch, seq, d] in [[2, 3, 5], [8, 33, 384]] {
+        let x = random([batch, seq, d], &device).require_grad();
+        let gamma = random([d], &device).require_grad();
+        let beta = random([d], &device).require_grad();
+        let eps = 1e-12;
+        let ours = layer_norm(x.clone(), gamma.clone(), Some(beta.clone()), eps);
+        let reference =
+            burn::tensor::module::layer_norm(x.clone(), gamma.clone(), Some(beta.clone()), eps);
+        assert!(max_diff(ours.clone(), reference.clone()) < 1e-4);
+        let weights = random([batch, seq, d], &device);
+        let g_ours = (ours * weights.clone()).sum().backward();
+        let g_ref = (reference * weights).sum().backward();
+        for (name, ours, reference) in [
+            ("input", x.grad(&g_ours), x.grad(&g_ref)),
+            (
+                "gamma",
+                gamma.grad(&g_ours).map(|g| g.unsqueeze()),
+                gamma.grad(&g_ref).map(|g| g.unsqueeze()),
+            ),
+            (
+                "beta",
+                beta.grad(&g_ours).map(|g| g.unsqueeze()),
+                beta.grad(&g_ref).map(|g| g.unsqueeze()),
+            ),
+        ] {
+            let diff = max_diff(ours.unwrap(), reference.unwrap());
+            assert!(diff < 1e-3, "{name} gradient differs by {diff}");
+        }
+    }
+}
