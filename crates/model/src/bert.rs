@@ -162,11 +162,10 @@ impl BertSelfAttention {
             key = Tensor::cat(vec![prefix.key.clone(), key], 2);
             value = Tensor::cat(vec![prefix.value.clone(), value], 2);
         }
-        let scores = query.matmul(key.swap_dims(2, 3));
+        let scores = kernels::heads_matmul(query, key.swap_dims(2, 3));
         let probs = kernels::masked_softmax(scores, mask_bias, 1.0 / (head_dim as f64).sqrt());
         let probs = self.dropout.forward(probs);
-        probs
-            .matmul(value)
+        kernels::heads_matmul(probs, value)
             .swap_dims(1, 2)
             .reshape([batch, seq, hidden_size])
     }

@@ -242,4 +242,56 @@ impl<B: Backend + BertKernels, C: CheckpointStrategy> BertKernels for Autodiff<B
         let out = B::layer_norm_backward_gamma(x.into_primitive(), grad.into_primitive(), epsilon);
         Autodiff::<B, C>::from_inner(out)
     }
+
+    fn heads_matmul(lhs: FloatTensor<Self>, rhs: FloatTensor<Self>) -> FloatTensor<Self> {
+        #[derive(Debug)]
+        struct HeadsMatmul;
+
+        impl<B: Backend + BertKernels> Backward<B, 2> for HeadsMatmul {
+            /// The left operand, kept when the right needs a gradient, and the right, kept when
+            /// the left does.
+            type State = (
+                Option<B::FloatTensorPrimitive>,
+                Option<B::FloatTensorPrimitive>,
+            );
+
+            fn backward(
+                self,
+                ops: Ops<Self::State, 2>,
+                grads: &mut Gradients,
+                _: &mut Checkpointer,
+            ) {
+                let [node_lhs, node_rhs] = ops.parents;
+                let grad = grads.consume::<B>(&ops.node);
+                let (lhs, rhs) = ops.state;
+                // The transposes are views: the products read them through their strides.
+                if let (Some(node), Some(rhs)) = (node_lhs, rhs) {
+                    let rhs_t = B::float_swap_dims(rhs, 2, 3);
+                    grads.register::<B>(node.id, B::heads_matmul(grad.clone(), rhs_t));
+                }
+                if let (Some(node), Some(lhs)) = (node_rhs, lhs) {
+                    let lhs_t = B::float_swap_dims(lhs, 2, 3);
+                    grads.register::<B>(node.id, B::heads_matmul(lhs_t, grad));
+                }
+            }
+        }
+
+        let (lhs_tracked, rhs_tracked) = (lhs.is_tracked(), rhs.is_tracked());
+        let (lhs, lhs_node) = lhs.into_parts();
+        let (rhs, rhs_node) = rhs.into_parts();
+        match HeadsMatmul
+            .prepare::<C>([lhs_node, rhs_node])
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(prep) => {
+                let state = (
+                    rhs_tracked.then(|| lhs.clone()),
+                    lhs_tracked.then(|| rhs.clone()),
+                );
+                prep.finish(state, B::heads_matmul(lhs, rhs))
+            }
+            OpsKind::UnTracked(prep) => prep.finish(B::heads_matmul(lhs, rhs)),
+        }
+    }
 }

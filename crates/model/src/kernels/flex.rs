@@ -5,6 +5,8 @@ use burn::backend::flex::{FlexTensor, Layout};
 use burn::backend::ops::FloatTensorOps;
 use burn::backend::{Bytes, DType, Flex, FloatDType, Shape, TensorMetadata};
 
+use rayon::prelude::*;
+
 use super::{BertKernels, math};
 
 /// The tensor as contiguous `f32` (copied only when strided or of another type), and its dtype.
@@ -37,6 +39,43 @@ fn output(values: Vec<f32>, shape: Shape, dtype: DType) -> FlexTensor {
     }
 }
 
+/// The values of `tensor` (from [`f32_contiguous`]) to overwrite in place, when it was `f32`
+/// already, starts its buffer and nothing else holds that buffer.
+fn unshared_values(tensor: &mut FlexTensor, dtype: DType) -> Option<&mut [f32]> {
+    let n = tensor.shape().num_elements();
+    if dtype != DType::F32 || tensor.layout().start_offset() != 0 {
+        return None;
+    }
+    tensor
+        .try_storage_mut::<f32>()
+        .map(|values| &mut values[..n])
+}
+
+/// `tensor` as contiguous `f32` that a kernel may overwrite: itself when nothing else holds it
+/// (a fresh product or gradient, usually), else a copy. Returns its original dtype too.
+fn into_writable(tensor: FlexTensor) -> (FlexTensor, DType) {
+    let (mut tensor, dtype) = f32_contiguous(tensor);
+    if unshared_values(&mut tensor, dtype).is_some() {
+        return (tensor, dtype);
+    }
+    let copy = values(&tensor).to_vec();
+    (output(copy, tensor.shape(), DType::F32), dtype)
+}
+
+/// The values of a tensor from [`into_writable`].
+fn writable_values(tensor: &mut FlexTensor) -> &mut [f32] {
+    unshared_values(tensor, DType::F32).expect("into_writable returns an unshared f32 tensor")
+}
+
+/// A tensor from [`into_writable`], cast back to `dtype`.
+fn finish(tensor: FlexTensor, dtype: DType) -> FlexTensor {
+    if dtype == DType::F32 {
+        tensor
+    } else {
+        Flex::float_cast(tensor, dtype.into())
+    }
+}
+
 fn values(tensor: &FlexTensor) -> &[f32] {
     tensor
         .as_slice::<f32>()
@@ -46,32 +85,26 @@ fn values(tensor: &FlexTensor) -> &[f32] {
 impl BertKernels for Flex {
     fn gelu_erf(x: FlexTensor) -> FlexTensor {
         let (mut x, dtype) = f32_contiguous(x);
-        let n = x.shape().num_elements();
         // Not shared (inference, or nothing kept for a backward pass): overwrite in place.
-        if dtype == DType::F32
-            && x.layout().start_offset() == 0
-            && let Some(values) = x.try_storage_mut::<f32>()
-        {
-            math::map_in_place(&mut values[..n], math::gelu);
+        if let Some(values) = unshared_values(&mut x, dtype) {
+            math::map_in_place(values, math::gelu);
             return x;
         }
-        let mut out = vec![0.0; n];
+        let mut out = vec![0.0; x.shape().num_elements()];
         math::map(values(&x), &mut out, math::gelu);
         output(out, x.shape(), dtype)
     }
 
     fn gelu_erf_backward(x: FlexTensor, grad: FlexTensor) -> FlexTensor {
-        let (x, dtype) = f32_contiguous(x);
-        let (grad, _) = f32_contiguous(grad);
-        let mut out = vec![0.0; x.shape().num_elements()];
-        math::zip_map(
+        let (x, _) = f32_contiguous(x);
+        let (mut grad, dtype) = into_writable(grad);
+        math::zip_map_in_place(
             values(&x),
-            values(&grad),
-            &mut out,
+            writable_values(&mut grad),
             #[inline(always)]
             |x, g| g * math::gelu_grad(x),
         );
-        output(out, x.shape(), dtype)
+        finish(grad, dtype)
     }
 
     fn masked_softmax(scores: FlexTensor, bias: FlexTensor, scale: f32) -> FlexTensor {
@@ -81,44 +114,38 @@ impl BertKernels for Flex {
         let (bias, rows_per_bias) = if bias.shape().dims::<4>() == [batch, 1, 1, keys] {
             (bias, heads * queries)
         } else {
-            (Flex::float_expand(bias, shape.clone()), 1)
+            (Flex::float_expand(bias, shape), 1)
         };
-        let (scores, dtype) = f32_contiguous(scores);
+        let (mut scores, dtype) = into_writable(scores);
         let (bias, _) = f32_contiguous(bias);
-        let (s, b) = (values(&scores), values(&bias));
-        let mut out = vec![0.0; s.len()];
+        let b = values(&bias);
         math::for_rows(
-            &mut out,
+            writable_values(&mut scores),
             keys,
             #[inline(always)]
-            |r, row| {
-                let bias = &b[(r / rows_per_bias) * keys..][..keys];
-                softmax_row(&s[r * keys..][..keys], bias, scale, row);
-            },
+            |r, row| softmax_row(row, &b[(r / rows_per_bias) * keys..][..keys], scale),
         );
-        output(out, shape, dtype)
+        finish(scores, dtype)
     }
 
     fn masked_softmax_backward(probs: FlexTensor, grad: FlexTensor, scale: f32) -> FlexTensor {
-        let shape = probs.shape();
-        let keys = shape.dims::<4>()[3];
-        let (probs, dtype) = f32_contiguous(probs);
-        let (grad, _) = f32_contiguous(grad);
-        let (p, g) = (values(&probs), values(&grad));
-        let mut out = vec![0.0; p.len()];
+        let keys = probs.shape().dims::<4>()[3];
+        let (probs, _) = f32_contiguous(probs);
+        let (mut grad, dtype) = into_writable(grad);
+        let p = values(&probs);
         math::for_rows(
-            &mut out,
+            writable_values(&mut grad),
             keys,
             #[inline(always)]
-            |r, row| {
-                let (p, g) = (&p[r * keys..][..keys], &g[r * keys..][..keys]);
-                let dot: f32 = p.iter().zip(g).map(|(p, g)| p * g).sum();
-                for ((o, &p), &g) in row.iter_mut().zip(p).zip(g) {
-                    *o = scale * p * (g - dot);
+            |r, g| {
+                let p = &p[r * keys..][..keys];
+                let dot = math::dot(p, g);
+                for (g, &p) in g.iter_mut().zip(p) {
+                    *g = scale * p * (*g - dot);
                 }
             },
         );
-        output(out, shape, dtype)
+        finish(grad, dtype)
     }
 
     fn linear_with_bias(x: FlexTensor, weight: FlexTensor, bias: FlexTensor) -> FlexTensor {
@@ -188,6 +215,40 @@ impl BertKernels for Flex {
             },
         );
         output(out, Shape::new([d]), dtype)
+    }
+
+    fn heads_matmul(lhs: FlexTensor, rhs: FlexTensor) -> FlexTensor {
+        let (lhs, dtype) = f32_strided(lhs);
+        let (rhs, _) = f32_strided(rhs);
+        let [batch, heads, m, k] = lhs.shape().dims::<4>();
+        let n = rhs.shape().dims::<4>()[3];
+        let (l, r) = (HeadOperand::new(&lhs), HeadOperand::new(&rhs));
+        let mut out = Vec::with_capacity(batch * heads * m * n);
+        let out_ptr = SendPtr(out.as_mut_ptr());
+        let product = |i: usize| {
+            let (b, h) = (i / heads, i % heads);
+            // SAFETY: each operand addresses an m x k (k x n) matrix through its layout, and
+            // `i` owns the i-th m x n block of `out`'s capacity.
+            unsafe {
+                gemm_into(
+                    out_ptr.at(i * m * n),
+                    m,
+                    n,
+                    k,
+                    l.matrix(b, h),
+                    r.matrix(b, h),
+                    false,
+                )
+            };
+        };
+        if batch * heads * m * n * k >= PARALLEL_THRESHOLD {
+            (0..batch * heads).into_par_iter().for_each(product);
+        } else {
+            (0..batch * heads).for_each(product);
+        }
+        // SAFETY: every block was written above.
+        unsafe { out.set_len(batch * heads * m * n) };
+        output(out, Shape::new([batch, heads, m, n]), dtype)
     }
 
     fn layer_norm_affine(
@@ -309,6 +370,58 @@ fn with_last_dim(shape: Shape, last: usize) -> Shape {
     Shape::from(dims)
 }
 
+/// `tensor` as `f32`, strided or not (cast, and so made contiguous, only from another type).
+fn f32_strided(tensor: FlexTensor) -> (FlexTensor, DType) {
+    let dtype = tensor.dtype();
+    if dtype == DType::F32 {
+        (tensor, dtype)
+    } else {
+        (Flex::float_cast(tensor, FloatDType::F32), dtype)
+    }
+}
+
+/// A rank-4 `f32` tensor read as one matrix per batch item and head, through its strides.
+struct HeadOperand<'a> {
+    values: &'a [f32],
+    offset: isize,
+    strides: [isize; 4],
+}
+
+impl<'a> HeadOperand<'a> {
+    fn new(tensor: &'a FlexTensor) -> Self {
+        let s = tensor.layout().strides();
+        Self {
+            values: tensor.storage::<f32>(),
+            offset: tensor.layout().start_offset() as isize,
+            strides: [s[0], s[1], s[2], s[3]],
+        }
+    }
+
+    fn matrix(&self, b: usize, h: usize) -> Matrix {
+        let start = self.offset + b as isize * self.strides[0] + h as isize * self.strides[1];
+        Matrix {
+            // SAFETY (of later reads): the layout keeps every addressed element in `values`.
+            ptr: self.values.as_ptr().wrapping_offset(start),
+            row_stride: self.strides[2],
+            col_stride: self.strides[3],
+        }
+    }
+}
+
+/// An output pointer shared by threads that write disjoint blocks.
+#[derive(Clone, Copy)]
+struct SendPtr(*mut f32);
+
+// SAFETY: the threads holding copies write disjoint ranges (see `heads_matmul`).
+unsafe impl Send for SendPtr {}
+unsafe impl Sync for SendPtr {}
+
+impl SendPtr {
+    fn at(self, offset: usize) -> *mut f32 {
+        self.0.wrapping_add(offset)
+    }
+}
+
 /// A matrix operand of [`gemm_into`]: a pointer and its row and column strides, in elements.
 #[derive(Clone, Copy)]
 struct Matrix {
@@ -395,18 +508,18 @@ unsafe fn gemm_into(
     };
 }
 
-/// One row of `softmax(scores * scale + bias)`.
+/// One row of `softmax(scores * scale + bias)`, in place.
 #[inline(always)]
-fn softmax_row(scores: &[f32], bias: &[f32], scale: f32, out: &mut [f32]) {
-    for ((o, &s), &b) in out.iter_mut().zip(scores).zip(bias) {
-        *o = s * scale + b;
+fn softmax_row(row: &mut [f32], bias: &[f32], scale: f32) {
+    for (o, &b) in row.iter_mut().zip(bias) {
+        *o = *o * scale + b;
     }
-    let max = out.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    for o in out.iter_mut() {
+    let max = math::max(row);
+    for o in row.iter_mut() {
         *o = math::exp(*o - max);
     }
-    let inv = 1.0 / out.iter().sum::<f32>();
-    for o in out.iter_mut() {
+    let inv = 1.0 / math::sum(row);
+    for o in row.iter_mut() {
         *o *= inv;
     }
 }

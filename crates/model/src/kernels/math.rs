@@ -162,6 +162,30 @@ pub fn zip_map(
         .for_each(|(o, (a, b))| run(a, b, o));
 }
 
+/// `b[i] = f(a[i], b[i])`.
+pub fn zip_map_in_place(
+    a: &[f32],
+    b: &mut [f32],
+    f: impl Fn(f32, f32) -> f32 + Sync + Send + Copy,
+) {
+    let run = |a: &[f32], b: &mut [f32]| {
+        widest(
+            #[inline(always)]
+            || {
+                for (b, &a) in b.iter_mut().zip(a) {
+                    *b = f(a, *b);
+                }
+            },
+        )
+    };
+    if a.len() < 2 * CHUNK {
+        return run(a, b);
+    }
+    b.par_chunks_mut(CHUNK)
+        .zip(a.par_chunks(CHUNK))
+        .for_each(|(b, a)| run(a, b));
+}
+
 /// Calls `f(row_index, row)` on every row of `out` (`row_len` elements each), in parallel
 /// across groups of rows when there is enough work.
 pub fn for_rows(
@@ -245,6 +269,24 @@ pub fn dot(x: &[f32], y: &[f32]) -> f32 {
         }
     }
     acc.iter().sum::<f32>() + tail
+}
+
+/// The largest of `x` (`-inf` when empty), with sixteen running maxima so that it vectorises.
+#[inline(always)]
+pub fn max(x: &[f32]) -> f32 {
+    let mut acc = [f32::NEG_INFINITY; 16];
+    let chunks = x.chunks_exact(16);
+    let tail = chunks
+        .remainder()
+        .iter()
+        .copied()
+        .fold(f32::NEG_INFINITY, f32::max);
+    for c in chunks {
+        for i in 0..16 {
+            acc[i] = if c[i] > acc[i] { c[i] } else { acc[i] };
+        }
+    }
+    acc.iter().copied().fold(tail, f32::max)
 }
 
 /// `Σ x[i]`, vectorised as [`dot`].

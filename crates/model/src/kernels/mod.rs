@@ -52,6 +52,9 @@ pub trait BertKernels: Backend {
     /// `grad` summed over all leading dimensions: the gradient of [`Self::linear_with_bias`]'s bias
     /// (and of [`Self::layer_norm_affine`]'s).
     fn linear_backward_bias(grad: FloatTensor<Self>) -> FloatTensor<Self>;
+    /// `lhs · rhs` for each of the leading two dimensions (`[batch, heads, m, k]` by
+    /// `[batch, heads, k, n]`), reading strided views (split heads, transposes) in place.
+    fn heads_matmul(lhs: FloatTensor<Self>, rhs: FloatTensor<Self>) -> FloatTensor<Self>;
     /// `(x − mean) / sqrt(var + epsilon) · gamma + beta` over the last dimension.
     fn layer_norm_affine(
         x: FloatTensor<Self>,
@@ -123,6 +126,21 @@ pub fn linear<const D: usize>(
         x.into_dispatch(),
         weight.into_dispatch(),
         bias.into_dispatch(),
+    ))
+}
+
+/// `lhs · rhs` per batch item and head, as `Tensor::matmul` on `[batch, heads, m, k]` by
+/// `[batch, heads, k, n]`: attention's two products. On Flex each product is one `gemm` call on
+/// the operands' strides, and the output is not zeroed and copied before it is written.
+pub fn heads_matmul(lhs: Tensor<4>, rhs: Tensor<4>) -> Tensor<4> {
+    let [b, h, _, _] = lhs.dims();
+    let [rb, rh, _, _] = rhs.dims();
+    if !has_kernels(&lhs.device()) || [b, h] != [rb, rh] {
+        return lhs.matmul(rhs);
+    }
+    Tensor::from_dispatch(<burn::backend::Dispatch as BertKernels>::heads_matmul(
+        lhs.into_dispatch(),
+        rhs.into_dispatch(),
     ))
 }
 

@@ -177,3 +177,25 @@ fn layer_norm_matches_burns_layer_norm_in_value_and_gradients() {
         }
     }
 }
+
+#[test]
+fn heads_matmul_matches_matmul_on_views_in_value_and_gradients() {
+    let device = Device::default().autodiff();
+    // Split heads (a strided view) against a transposed view, as attention's scores are; the
+    // second shape takes the parallel path.
+    for [batch, heads, seq, dim] in [[2, 3, 5, 4], [8, 12, 32, 32]] {
+        let q = random([batch, seq, heads * dim], &device).require_grad();
+        let k = random([batch, heads, seq, dim], &device).require_grad();
+        let split = |x: Tensor<3>| x.reshape([batch, seq, heads, dim]).swap_dims(1, 2);
+        let ours = heads_matmul(split(q.clone()), k.clone().swap_dims(2, 3));
+        let reference = split(q.clone()).matmul(k.clone().swap_dims(2, 3));
+        assert!(max_diff(ours.clone(), reference.clone()) < 1e-3);
+        let weights = random([batch, heads, seq, seq], &device);
+        let g_ours = (ours * weights.clone()).sum().backward();
+        let g_ref = (reference * weights).sum().backward();
+        let diff = max_diff(q.grad(&g_ours).unwrap(), q.grad(&g_ref).unwrap());
+        assert!(diff < 1e-3, "left gradient differs by {diff}");
+        let diff = max_diff(k.grad(&g_ours).unwrap(), k.grad(&g_ref).unwrap());
+        assert!(diff < 1e-3, "right gradient differs by {diff}");
+    }
+}
