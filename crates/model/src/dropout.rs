@@ -1,12 +1,12 @@
 //! Dropout whose mask is made on the host on CPU backends.
 //!
 //! Burn's `nn::Dropout` samples its mask through `TensorData::random`: one ChaCha draw and one
-//! distribution call per element. A profile of a training epoch on the Flex backend (MiniLM,
-//! batch 128) put 12% of the time there, as much as the whole GELU. On a CPU backend the mask
-//! can be drawn on the host by a small generator (wyrand, two elements per 64-bit draw) for a
-//! fraction of that, then multiplied in as Burn does. Each mask's seed is drawn from the
-//! device's RNG, so runs stay reproducible from `train.seed` and resume exactly. GPU backends
-//! keep Burn's on-device sampling (a host mask would have to cross the bus).
+//! distribution call per element, then a separate multiply. On a CPU backend the mask is drawn
+//! on the host by a small generator instead (wyrand, two elements per 64-bit draw), seeded from
+//! the device's RNG so runs stay reproducible from `train.seed` and resume exactly. On Flex,
+//! [`crate::kernels::dropout`] draws it as it scales the input, in place, on every core, and
+//! draws it again from the seed for the backward pass instead of keeping it. GPU backends keep
+//! Burn's on-device sampling (a host mask would have to cross the bus).
 //!
 //! Same API and semantics as `burn::nn::Dropout`: identity outside training (no autodiff, or
 //! the training flag off) and for `prob = 0`; otherwise keep with probability `1 - prob` and
@@ -59,9 +59,7 @@ impl Dropout {
             let random = input.random_like(Distribution::Bernoulli(keep));
             return input * random * (1.0 / keep);
         }
-        let shape = input.shape();
-        let mask = bernoulli_mask(shape.num_elements(), keep, draw_seed(&device));
-        input * Tensor::<D>::from_data(TensorData::new(mask, shape), &device)
+        crate::kernels::dropout(input, keep, draw_seed(&device))
     }
 }
 
@@ -77,29 +75,12 @@ fn draw_seed(device: &Device) -> u64 {
         .fold(0u64, |acc, x| acc.rotate_left(23) ^ u64::from(x.to_bits()))
 }
 
-/// `n` values, each `1 / keep` with probability `keep`, else 0.
+/// `n` values, each `1 / keep` with probability `keep`, else 0: the mask the host backends
+/// apply for `seed`.
 pub fn bernoulli_mask(n: usize, keep: f64, seed: u64) -> Vec<f32> {
-    let threshold = (keep * 4_294_967_296.0) as u64;
-    let scale = (1.0 / keep) as f32;
-    let value = |bits: u64| {
-        if bits < threshold { scale } else { 0.0 }
-    };
-    let mut state = seed;
-    let mut mask = Vec::with_capacity(n);
-    for _ in 0..n.div_ceil(2) {
-        let r = wyrand(&mut state);
-        mask.push(value(r & 0xFFFF_FFFF));
-        mask.push(value(r >> 32));
-    }
-    mask.truncate(n);
+    let mut mask = vec![1.0; n];
+    crate::kernels::math::dropout_in_place(&mut mask, keep, seed);
     mask
-}
-
-/// wyrand: a 64-bit generator with good statistical quality at about a nanosecond a draw.
-fn wyrand(state: &mut u64) -> u64 {
-    *state = state.wrapping_add(0xa076_1d64_78bd_642f);
-    let t = u128::from(*state) * u128::from(*state ^ 0xe703_7ed1_a0b4_28db);
-    ((t >> 64) ^ t) as u64
 }
 
 #[cfg(test)]

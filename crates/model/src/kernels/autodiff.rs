@@ -294,4 +294,32 @@ impl<B: Backend + BertKernels, C: CheckpointStrategy> BertKernels for Autodiff<B
             OpsKind::UnTracked(prep) => prep.finish(B::heads_matmul(lhs, rhs)),
         }
     }
+
+    fn dropout(x: FloatTensor<Self>, keep: f64, seed: u64) -> FloatTensor<Self> {
+        #[derive(Debug)]
+        struct Dropout;
+
+        impl<B: Backend + BertKernels> Backward<B, 1> for Dropout {
+            /// The keep probability and the seed: the mask is drawn again, not kept.
+            type State = (f64, u64);
+
+            fn backward(
+                self,
+                ops: Ops<Self::State, 1>,
+                grads: &mut Gradients,
+                _: &mut Checkpointer,
+            ) {
+                let (keep, seed) = ops.state;
+                unary::<B, _>(ops.parents, ops.node, grads, |grad| {
+                    B::dropout(grad, keep, seed)
+                });
+            }
+        }
+
+        let (x, node) = x.into_parts();
+        match Dropout.prepare::<C>([node]).compute_bound().stateful() {
+            OpsKind::Tracked(prep) => prep.finish((keep, seed), B::dropout(x, keep, seed)),
+            OpsKind::UnTracked(prep) => prep.finish(B::dropout(x, keep, seed)),
+        }
+    }
 }

@@ -217,6 +217,12 @@ impl BertKernels for Flex {
         output(out, Shape::new([d]), dtype)
     }
 
+    fn dropout(x: FlexTensor, keep: f64, seed: u64) -> FlexTensor {
+        let (mut x, dtype) = into_writable(x);
+        math::dropout_in_place(writable_values(&mut x), keep, seed);
+        finish(x, dtype)
+    }
+
     fn heads_matmul(lhs: FlexTensor, rhs: FlexTensor) -> FlexTensor {
         let (lhs, dtype) = f32_strided(lhs);
         let (rhs, _) = f32_strided(rhs);

@@ -215,6 +215,41 @@ pub fn for_rows(
         .for_each(|(task, rows)| run(task * rows_per_task, rows));
 }
 
+/// `x ⊙ mask` in place, where each mask element is `1 / keep` with probability `keep`, else 0:
+/// dropout's mask drawn as it is applied (wyrand, two elements per 64-bit draw). Each run of
+/// [`CHUNK`] elements has its own stream seeded from `seed` and its position, so the mask
+/// depends only on `seed` and the length, not on the threads, and the backward pass recreates
+/// it from the seed instead of keeping it.
+pub fn dropout_in_place(x: &mut [f32], keep: f64, seed: u64) {
+    let threshold = (keep * 4_294_967_296.0) as u64;
+    let scale = (1.0 / keep) as f32;
+    let run = |stream: usize, x: &mut [f32]| {
+        let mut state = seed ^ (stream as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        let factor = |bits: u64| if bits < threshold { scale } else { 0.0 };
+        for pair in x.chunks_mut(2) {
+            let r = wyrand(&mut state);
+            pair[0] *= factor(r & 0xFFFF_FFFF);
+            if let Some(second) = pair.get_mut(1) {
+                *second *= factor(r >> 32);
+            }
+        }
+    };
+    if x.len() < 2 * CHUNK {
+        x.chunks_mut(CHUNK).enumerate().for_each(|(i, x)| run(i, x));
+    } else {
+        x.par_chunks_mut(CHUNK)
+            .enumerate()
+            .for_each(|(i, x)| run(i, x));
+    }
+}
+
+/// wyrand: a 64-bit generator with good statistical quality at about a nanosecond a draw.
+fn wyrand(state: &mut u64) -> u64 {
+    *state = state.wrapping_add(0xa076_1d64_78bd_642f);
+    let t = u128::from(*state) * u128::from(*state ^ 0xe703_7ed1_a0b4_28db);
+    ((t >> 64) ^ t) as u64
+}
+
 /// `Σ_r f(r)` for `r` in `0..rows`, where `f(r, acc)` adds row `r`'s contribution into `acc`
 /// (`len` values): column sums of something computed per row, split across threads by groups
 /// of rows, each with its own accumulator.

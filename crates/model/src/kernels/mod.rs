@@ -52,6 +52,9 @@ pub trait BertKernels: Backend {
     /// `grad` summed over all leading dimensions: the gradient of [`Self::linear_with_bias`]'s bias
     /// (and of [`Self::layer_norm_affine`]'s).
     fn linear_backward_bias(grad: FloatTensor<Self>) -> FloatTensor<Self>;
+    /// `x ⊙ mask`, the mask drawn from `seed` ([`math::dropout_in_place`]); its own backward,
+    /// since the gradient is `grad ⊙ mask` with the same mask.
+    fn dropout(x: FloatTensor<Self>, keep: f64, seed: u64) -> FloatTensor<Self>;
     /// `lhs · rhs` for each of the leading two dimensions (`[batch, heads, m, k]` by
     /// `[batch, heads, k, n]`), reading strided views (split heads, transposes) in place.
     fn heads_matmul(lhs: FloatTensor<Self>, rhs: FloatTensor<Self>) -> FloatTensor<Self>;
@@ -126,6 +129,24 @@ pub fn linear<const D: usize>(
         x.into_dispatch(),
         weight.into_dispatch(),
         bias.into_dispatch(),
+    ))
+}
+
+/// Inverted dropout with a mask drawn from `seed` on the host ([`math::dropout_in_place`]), for
+/// host backends: fused into one pass over `x` on Flex (and recreated from the seed for the
+/// backward pass), multiplied in as a tensor elsewhere.
+pub fn dropout<const D: usize>(x: Tensor<D>, keep: f64, seed: u64) -> Tensor<D> {
+    if !has_kernels(&x.device()) {
+        let shape = x.shape();
+        let mut mask = vec![1.0; shape.num_elements()];
+        math::dropout_in_place(&mut mask, keep, seed);
+        let mask = Tensor::<D>::from_data(TensorData::new(mask, shape), &x.device());
+        return x * mask;
+    }
+    Tensor::from_dispatch(<burn::backend::Dispatch as BertKernels>::dropout(
+        x.into_dispatch(),
+        keep,
+        seed,
     ))
 }
 

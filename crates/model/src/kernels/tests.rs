@@ -199,3 +199,43 @@ fn heads_matmul_matches_matmul_on_views_in_value_and_gradients() {
         assert!(diff < 1e-3, "right gradient differs by {diff}");
     }
 }
+
+#[test]
+fn linear_on_few_rows_matches_burns_linear() {
+    let device = Device::default();
+    // Row counts around the 8-row passes; 64 columns (two strips); one large enough for threads.
+    for [rows, d_in, d_out] in [
+        [1, 5, 64],
+        [7, 33, 64],
+        [8, 16, 32],
+        [13, 40, 96],
+        [32, 384, 1536],
+    ] {
+        let x = random([rows, d_in], &device);
+        let weight = random([d_in, d_out], &device);
+        let bias = random([d_out], &device);
+        let ours = linear(x.clone(), weight.clone(), Some(bias.clone()));
+        let reference = burn::tensor::module::linear(x, weight, Some(bias));
+        let diff = max_diff(ours, reference);
+        assert!(diff < 1e-2, "{rows} rows: differs by {diff}");
+    }
+}
+
+#[test]
+fn dropout_applies_the_seeds_mask_and_recreates_it_for_the_gradient() {
+    let device = Device::default().autodiff();
+    // Below and above the size at which the mask is drawn on several threads.
+    for shape in [[3, 5, 7], [4, 33, 1537]] {
+        let n = shape.iter().product();
+        let mask = crate::dropout::bernoulli_mask(n, 0.9, 11);
+        let mask = Tensor::<1>::from_floats(mask.as_slice(), &device).reshape(shape);
+        let x = random(shape, &device).require_grad();
+        let ours = dropout(x.clone(), 0.9, 11);
+        assert_eq!(max_diff(ours.clone(), x.clone() * mask.clone()), 0.0);
+        let weights = random(shape, &device);
+        let grad = x.grad(&(ours * weights.clone()).sum().backward()).unwrap();
+        assert_eq!(max_diff(grad, (weights * mask).inner()), 0.0);
+        // Another seed, another mask.
+        assert!(max_diff(dropout(x.clone(), 0.9, 12), dropout(x, 0.9, 11)) > 0.0);
+    }
+}
