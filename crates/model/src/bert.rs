@@ -153,7 +153,7 @@ impl BertSelfAttention {
         mask_bias: Tensor<4>,
         prefix: Option<&LayerPrefix>,
     ) -> Tensor<3> {
-        let [batch, seq, hidden_size] = hidden.dims();
+        let hidden_size = hidden.dims()[2];
         let head_dim = hidden_size / self.num_attention_heads;
         let query = self.split_heads(self.query.forward(hidden.clone()));
         let mut key = self.split_heads(self.key.forward(hidden.clone()));
@@ -165,9 +165,7 @@ impl BertSelfAttention {
         let scores = kernels::heads_matmul(query, key.swap_dims(2, 3));
         let probs = kernels::masked_softmax(scores, mask_bias, 1.0 / (head_dim as f64).sqrt());
         let probs = self.dropout.forward(probs);
-        kernels::heads_matmul(probs, value)
-            .swap_dims(1, 2)
-            .reshape([batch, seq, hidden_size])
+        kernels::merged_heads_matmul(probs, value)
     }
 }
 

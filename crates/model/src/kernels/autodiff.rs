@@ -243,7 +243,11 @@ impl<B: Backend + BertKernels, C: CheckpointStrategy> BertKernels for Autodiff<B
         Autodiff::<B, C>::from_inner(out)
     }
 
-    fn heads_matmul(lhs: FloatTensor<Self>, rhs: FloatTensor<Self>) -> FloatTensor<Self> {
+    fn heads_matmul(
+        lhs: FloatTensor<Self>,
+        rhs: FloatTensor<Self>,
+        interleave_heads: bool,
+    ) -> FloatTensor<Self> {
         #[derive(Debug)]
         struct HeadsMatmul;
 
@@ -267,11 +271,11 @@ impl<B: Backend + BertKernels, C: CheckpointStrategy> BertKernels for Autodiff<B
                 // The transposes are views: the products read them through their strides.
                 if let (Some(node), Some(rhs)) = (node_lhs, rhs) {
                     let rhs_t = B::float_swap_dims(rhs, 2, 3);
-                    grads.register::<B>(node.id, B::heads_matmul(grad.clone(), rhs_t));
+                    grads.register::<B>(node.id, B::heads_matmul(grad.clone(), rhs_t, false));
                 }
                 if let (Some(node), Some(lhs)) = (node_rhs, lhs) {
                     let lhs_t = B::float_swap_dims(lhs, 2, 3);
-                    grads.register::<B>(node.id, B::heads_matmul(lhs_t, grad));
+                    grads.register::<B>(node.id, B::heads_matmul(lhs_t, grad, false));
                 }
             }
         }
@@ -289,9 +293,9 @@ impl<B: Backend + BertKernels, C: CheckpointStrategy> BertKernels for Autodiff<B
                     rhs_tracked.then(|| lhs.clone()),
                     lhs_tracked.then(|| rhs.clone()),
                 );
-                prep.finish(state, B::heads_matmul(lhs, rhs))
+                prep.finish(state, B::heads_matmul(lhs, rhs, interleave_heads))
             }
-            OpsKind::UnTracked(prep) => prep.finish(B::heads_matmul(lhs, rhs)),
+            OpsKind::UnTracked(prep) => prep.finish(B::heads_matmul(lhs, rhs, interleave_heads)),
         }
     }
 

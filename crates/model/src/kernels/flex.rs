@@ -161,7 +161,7 @@ impl BertKernels for Flex {
         let lhs = Matrix::row_major(values(&x), d_in);
         let rhs = Matrix::row_major(values(&weight), d_out);
         // SAFETY: the operands hold rows x d_in and d_in x d_out values; `out` holds rows x d_out.
-        unsafe { gemm_into(out.as_mut_ptr(), rows, d_out, d_in, lhs, rhs, true) };
+        unsafe { gemm_into(out.as_mut_ptr(), d_out, rows, d_out, d_in, lhs, rhs, true) };
         output(out, with_last_dim(x.shape(), d_out), dtype)
     }
 
@@ -175,7 +175,7 @@ impl BertKernels for Flex {
         let rhs = Matrix::row_major(values(&weight), d_out).transposed();
         // SAFETY: the capacity holds rows x d_in values, all written by `gemm_into` before `set_len`.
         unsafe {
-            gemm_into(out.as_mut_ptr(), rows, d_in, d_out, lhs, rhs, false);
+            gemm_into(out.as_mut_ptr(), d_in, rows, d_in, d_out, lhs, rhs, false);
             out.set_len(rows * d_in);
         }
         output(out, with_last_dim(grad.shape(), d_in), dtype)
@@ -194,7 +194,7 @@ impl BertKernels for Flex {
         let rhs = Matrix::row_major(values(&grad), d_out);
         // SAFETY: as in `linear_backward_x`.
         unsafe {
-            gemm_into(out.as_mut_ptr(), d_in, d_out, rows, lhs, rhs, false);
+            gemm_into(out.as_mut_ptr(), d_out, d_in, d_out, rows, lhs, rhs, false);
             out.set_len(d_in * d_out);
         }
         output(out, Shape::new([d_in, d_out]), dtype)
@@ -223,21 +223,31 @@ impl BertKernels for Flex {
         finish(x, dtype)
     }
 
-    fn heads_matmul(lhs: FlexTensor, rhs: FlexTensor) -> FlexTensor {
+    fn heads_matmul(lhs: FlexTensor, rhs: FlexTensor, interleave_heads: bool) -> FlexTensor {
         let (lhs, dtype) = f32_strided(lhs);
         let (rhs, _) = f32_strided(rhs);
         let [batch, heads, m, k] = lhs.shape().dims::<4>();
         let n = rhs.shape().dims::<4>()[3];
         let (l, r) = (HeadOperand::new(&lhs), HeadOperand::new(&rhs));
+        // Where block (b, h) starts and how far apart its rows are, in `[b, h, m, n]` order or
+        // in `[b, m, h, n]` order.
+        let (head_stride, row_stride) = if interleave_heads {
+            (n, heads * n)
+        } else {
+            (m * n, n)
+        };
         let mut out = Vec::with_capacity(batch * heads * m * n);
         let out_ptr = SendPtr(out.as_mut_ptr());
         let product = |i: usize| {
             let (b, h) = (i / heads, i % heads);
+            let start = b * heads * m * n + h * head_stride;
             // SAFETY: each operand addresses an m x k (k x n) matrix through its layout, and
-            // `i` owns the i-th m x n block of `out`'s capacity.
+            // block `i` of the output (m rows of n values from `start`, `row_stride` apart) lies
+            // in `out`'s capacity and is written by this call only.
             unsafe {
                 gemm_into(
-                    out_ptr.at(i * m * n),
+                    out_ptr.at(start),
+                    row_stride,
                     m,
                     n,
                     k,
@@ -252,9 +262,17 @@ impl BertKernels for Flex {
         } else {
             (0..batch * heads).for_each(product);
         }
-        // SAFETY: every block was written above.
+        // SAFETY: every block was written above, and the blocks tile the buffer.
         unsafe { out.set_len(batch * heads * m * n) };
-        output(out, Shape::new([batch, heads, m, n]), dtype)
+        let shape = Shape::new([batch, heads, m, n]);
+        let layout = if interleave_heads {
+            let strides = [m * heads * n, n, heads * n, 1].map(|s| s as isize);
+            Layout::new(shape, strides.to_vec(), 0)
+        } else {
+            Layout::contiguous(shape)
+        };
+        let out = FlexTensor::new(Bytes::from_elems(out), layout, DType::F32);
+        finish(out, dtype)
     }
 
     fn layer_norm_affine(
@@ -458,14 +476,15 @@ impl Matrix {
 /// handing a one-text product to the thread pool costs more than it saves.
 const PARALLEL_THRESHOLD: usize = 192 * 192 * 192;
 
-/// `out = lhs · rhs` (`m x k` by `k x n`, `out` row-major `m x n`), or `out += lhs · rhs` when
-/// `accumulate`.
+/// `out = lhs · rhs` (`m x k` by `k x n`; `out` is `m x n`, rows `out_row_stride` apart), or
+/// `out += lhs · rhs` when `accumulate`.
 ///
 /// # Safety
 /// `lhs` and `rhs` must address `m x k` and `k x n` readable values through their strides, and
-/// `out` must be valid for `m x n` values; without `accumulate` it is only written.
+/// `out` must be valid for those `m x n` values; without `accumulate` they are only written.
 unsafe fn gemm_into(
     out: *mut f32,
+    out_row_stride: usize,
     m: usize,
     n: usize,
     k: usize,
@@ -478,8 +497,10 @@ unsafe fn gemm_into(
     }
     if k == 0 {
         if !accumulate {
-            // SAFETY: `out` holds m x n values.
-            unsafe { std::ptr::write_bytes(out, 0, m * n) };
+            for row in 0..m {
+                // SAFETY: `out` addresses m rows of n values.
+                unsafe { std::ptr::write_bytes(out.add(row * out_row_stride), 0, n) };
+            }
         }
         return;
     }
@@ -496,7 +517,7 @@ unsafe fn gemm_into(
             k,
             out,
             1,
-            n as isize,
+            out_row_stride as isize,
             accumulate,
             lhs.ptr,
             lhs.col_stride,

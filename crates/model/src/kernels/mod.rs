@@ -56,8 +56,14 @@ pub trait BertKernels: Backend {
     /// since the gradient is `grad ⊙ mask` with the same mask.
     fn dropout(x: FloatTensor<Self>, keep: f64, seed: u64) -> FloatTensor<Self>;
     /// `lhs · rhs` for each of the leading two dimensions (`[batch, heads, m, k]` by
-    /// `[batch, heads, k, n]`), reading strided views (split heads, transposes) in place.
-    fn heads_matmul(lhs: FloatTensor<Self>, rhs: FloatTensor<Self>) -> FloatTensor<Self>;
+    /// `[batch, heads, k, n]`), reading strided views (split heads, transposes) in place. With
+    /// `interleave_heads` the `[batch, heads, m, n]` output is laid out as `[batch, m, heads, n]`
+    /// in memory, so that merging the heads back is a view.
+    fn heads_matmul(
+        lhs: FloatTensor<Self>,
+        rhs: FloatTensor<Self>,
+        interleave_heads: bool,
+    ) -> FloatTensor<Self>;
     /// `(x − mean) / sqrt(var + epsilon) · gamma + beta` over the last dimension.
     fn layer_norm_affine(
         x: FloatTensor<Self>,
@@ -151,17 +157,44 @@ pub fn dropout<const D: usize>(x: Tensor<D>, keep: f64, seed: u64) -> Tensor<D> 
 }
 
 /// `lhs · rhs` per batch item and head, as `Tensor::matmul` on `[batch, heads, m, k]` by
-/// `[batch, heads, k, n]`: attention's two products. On Flex each product is one `gemm` call on
+/// `[batch, heads, k, n]`: attention's scores. On Flex each product is one `gemm` call on
 /// the operands' strides, and the output is not zeroed and copied before it is written.
 pub fn heads_matmul(lhs: Tensor<4>, rhs: Tensor<4>) -> Tensor<4> {
+    match heads_kernel(lhs, rhs, false) {
+        Ok(out) => out,
+        Err((lhs, rhs)) => lhs.matmul(rhs),
+    }
+}
+
+/// [`heads_matmul`] with the heads merged back: `[batch, m, heads · n]`, attention's context.
+/// On Flex the product is written in that order, so the merge copies nothing.
+pub fn merged_heads_matmul(lhs: Tensor<4>, rhs: Tensor<4>) -> Tensor<3> {
+    let [batch, heads, m, _] = lhs.dims();
+    let n = rhs.dims()[3];
+    let out = match heads_kernel(lhs, rhs, true) {
+        Ok(out) => out,
+        Err((lhs, rhs)) => lhs.matmul(rhs),
+    };
+    out.swap_dims(1, 2).reshape([batch, m, heads * n])
+}
+
+/// The kernel where it runs, else the operands back.
+fn heads_kernel(
+    lhs: Tensor<4>,
+    rhs: Tensor<4>,
+    interleave_heads: bool,
+) -> Result<Tensor<4>, (Tensor<4>, Tensor<4>)> {
     let [b, h, _, _] = lhs.dims();
     let [rb, rh, _, _] = rhs.dims();
     if !has_kernels(&lhs.device()) || [b, h] != [rb, rh] {
-        return lhs.matmul(rhs);
+        return Err((lhs, rhs));
     }
-    Tensor::from_dispatch(<burn::backend::Dispatch as BertKernels>::heads_matmul(
-        lhs.into_dispatch(),
-        rhs.into_dispatch(),
+    Ok(Tensor::from_dispatch(
+        <burn::backend::Dispatch as BertKernels>::heads_matmul(
+            lhs.into_dispatch(),
+            rhs.into_dispatch(),
+            interleave_heads,
+        ),
     ))
 }
 

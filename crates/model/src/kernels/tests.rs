@@ -197,6 +197,27 @@ fn heads_matmul_matches_matmul_on_views_in_value_and_gradients() {
         assert!(diff < 1e-3, "left gradient differs by {diff}");
         let diff = max_diff(k.grad(&g_ours).unwrap(), k.grad(&g_ref).unwrap());
         assert!(diff < 1e-3, "right gradient differs by {diff}");
+
+        // The context product, heads merged back, and the gradients through the merge.
+        let p = random([batch, heads, seq, seq], &device).require_grad();
+        let v = random([batch, heads, seq, dim], &device).require_grad();
+        let ours = merged_heads_matmul(p.clone(), v.clone());
+        let reference =
+            p.clone()
+                .matmul(v.clone())
+                .swap_dims(1, 2)
+                .reshape([batch, seq, heads * dim]);
+        assert!(max_diff(ours.clone(), reference.clone()) < 1e-3);
+        let weights = random([batch, seq, heads * dim], &device);
+        let g_ours = (ours * weights.clone()).sum().backward();
+        let g_ref = (reference * weights).sum().backward();
+        for (name, ours, reference) in [
+            ("probs", p.grad(&g_ours), p.grad(&g_ref)),
+            ("values", v.grad(&g_ours), v.grad(&g_ref)),
+        ] {
+            let diff = max_diff(ours.unwrap(), reference.unwrap());
+            assert!(diff < 1e-3, "{name} gradient differs by {diff}");
+        }
     }
 }
 
