@@ -161,7 +161,7 @@ impl BertKernels for Flex {
         let lhs = Matrix::row_major(values(&x), d_in);
         let rhs = Matrix::row_major(values(&weight), d_out);
         // SAFETY: the operands hold rows x d_in and d_in x d_out values; `out` holds rows x d_out.
-        unsafe { gemm_into(out.as_mut_ptr(), d_out, rows, d_out, d_in, lhs, rhs, true) };
+        unsafe { gemm_into(out.as_mut_ptr(), d_out, [rows, d_out, d_in], lhs, rhs, true) };
         output(out, with_last_dim(x.shape(), d_out), dtype)
     }
 
@@ -175,7 +175,7 @@ impl BertKernels for Flex {
         let rhs = Matrix::row_major(values(&weight), d_out).transposed();
         // SAFETY: the capacity holds rows x d_in values, all written by `gemm_into` before `set_len`.
         unsafe {
-            gemm_into(out.as_mut_ptr(), d_in, rows, d_in, d_out, lhs, rhs, false);
+            gemm_into(out.as_mut_ptr(), d_in, [rows, d_in, d_out], lhs, rhs, false);
             out.set_len(rows * d_in);
         }
         output(out, with_last_dim(grad.shape(), d_in), dtype)
@@ -194,7 +194,14 @@ impl BertKernels for Flex {
         let rhs = Matrix::row_major(values(&grad), d_out);
         // SAFETY: as in `linear_backward_x`.
         unsafe {
-            gemm_into(out.as_mut_ptr(), d_out, d_in, d_out, rows, lhs, rhs, false);
+            gemm_into(
+                out.as_mut_ptr(),
+                d_out,
+                [d_in, d_out, rows],
+                lhs,
+                rhs,
+                false,
+            );
             out.set_len(d_in * d_out);
         }
         output(out, Shape::new([d_in, d_out]), dtype)
@@ -248,9 +255,7 @@ impl BertKernels for Flex {
                 gemm_into(
                     out_ptr.at(start),
                     row_stride,
-                    m,
-                    n,
-                    k,
+                    [m, n, k],
                     l.matrix(b, h),
                     r.matrix(b, h),
                     false,
@@ -476,7 +481,7 @@ impl Matrix {
 /// handing a one-text product to the thread pool costs more than it saves.
 const PARALLEL_THRESHOLD: usize = 192 * 192 * 192;
 
-/// `out = lhs · rhs` (`m x k` by `k x n`; `out` is `m x n`, rows `out_row_stride` apart), or
+/// `out = lhs · rhs` (`[m, n, k]`: `m x k` by `k x n`; `out` is `m x n`, rows `out_row_stride` apart), or
 /// `out += lhs · rhs` when `accumulate`.
 ///
 /// # Safety
@@ -485,9 +490,7 @@ const PARALLEL_THRESHOLD: usize = 192 * 192 * 192;
 unsafe fn gemm_into(
     out: *mut f32,
     out_row_stride: usize,
-    m: usize,
-    n: usize,
-    k: usize,
+    [m, n, k]: [usize; 3],
     lhs: Matrix,
     rhs: Matrix,
     accumulate: bool,

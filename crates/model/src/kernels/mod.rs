@@ -160,10 +160,10 @@ pub fn dropout<const D: usize>(x: Tensor<D>, keep: f64, seed: u64) -> Tensor<D> 
 /// `[batch, heads, k, n]`: attention's scores. On Flex each product is one `gemm` call on
 /// the operands' strides, and the output is not zeroed and copied before it is written.
 pub fn heads_matmul(lhs: Tensor<4>, rhs: Tensor<4>) -> Tensor<4> {
-    match heads_kernel(lhs, rhs, false) {
-        Ok(out) => out,
-        Err((lhs, rhs)) => lhs.matmul(rhs),
+    if !heads_kernel_runs(&lhs, &rhs) {
+        return lhs.matmul(rhs);
     }
+    heads_kernel(lhs, rhs, false)
 }
 
 /// [`heads_matmul`] with the heads merged back: `[batch, m, heads · n]`, attention's context.
@@ -171,30 +171,25 @@ pub fn heads_matmul(lhs: Tensor<4>, rhs: Tensor<4>) -> Tensor<4> {
 pub fn merged_heads_matmul(lhs: Tensor<4>, rhs: Tensor<4>) -> Tensor<3> {
     let [batch, heads, m, _] = lhs.dims();
     let n = rhs.dims()[3];
-    let out = match heads_kernel(lhs, rhs, true) {
-        Ok(out) => out,
-        Err((lhs, rhs)) => lhs.matmul(rhs),
+    let out = if heads_kernel_runs(&lhs, &rhs) {
+        heads_kernel(lhs, rhs, true)
+    } else {
+        lhs.matmul(rhs)
     };
     out.swap_dims(1, 2).reshape([batch, m, heads * n])
 }
 
-/// The kernel where it runs, else the operands back.
-fn heads_kernel(
-    lhs: Tensor<4>,
-    rhs: Tensor<4>,
-    interleave_heads: bool,
-) -> Result<Tensor<4>, (Tensor<4>, Tensor<4>)> {
-    let [b, h, _, _] = lhs.dims();
-    let [rb, rh, _, _] = rhs.dims();
-    if !has_kernels(&lhs.device()) || [b, h] != [rb, rh] {
-        return Err((lhs, rhs));
-    }
-    Ok(Tensor::from_dispatch(
-        <burn::backend::Dispatch as BertKernels>::heads_matmul(
-            lhs.into_dispatch(),
-            rhs.into_dispatch(),
-            interleave_heads,
-        ),
+/// Whether [`BertKernels::heads_matmul`] runs for these operands: Flex, same batch and heads.
+fn heads_kernel_runs(lhs: &Tensor<4>, rhs: &Tensor<4>) -> bool {
+    let ([b, h, _, _], [rb, rh, _, _]) = (lhs.dims(), rhs.dims());
+    has_kernels(&lhs.device()) && [b, h] == [rb, rh]
+}
+
+fn heads_kernel(lhs: Tensor<4>, rhs: Tensor<4>, interleave_heads: bool) -> Tensor<4> {
+    Tensor::from_dispatch(<burn::backend::Dispatch as BertKernels>::heads_matmul(
+        lhs.into_dispatch(),
+        rhs.into_dispatch(),
+        interleave_heads,
     ))
 }
 
