@@ -1,11 +1,13 @@
-//! Fused kernels for the operations Flex runs slowly, as a Burn backend extension.
+//! Kernels for the operations Flex runs slowly, as a Burn backend extension.
 //!
 //! [`gelu`] (exact, erf-based), [`masked_softmax`] (attention's scale + mask + softmax in one
-//! pass), [`linear`] (bias and matrix product in one `gemm` call) and [`layer_norm`] go through [`BertKernels`] on Flex, with or without autodiff, and through Burn's generic
-//! tensor ops on every other backend, so the model code calls one function and each backend gets
-//! its best path. Each kernel has a hand-written backward pass (`autodiff.rs`) and is checked
-//! against the generic ops, values and gradients, in this module's tests; the parity fixtures
-//! against transformers + peft run through them too.
+//! pass), [`linear`] (bias and matrix product in one `gemm` call), [`layer_norm`],
+//! [`heads_matmul`] / [`merged_heads_matmul`] (attention's products on the heads' strided views)
+//! and [`dropout`] (the mask drawn as it is applied) go through [`BertKernels`] on Flex, with or
+//! without autodiff, and through Burn's generic tensor ops on every other backend, so the model
+//! code calls one function and each backend gets its best path. Each kernel has a hand-written
+//! backward pass (`autodiff.rs`) and is checked against the generic ops, values and gradients,
+//! in this module's tests; the parity fixtures against transformers + peft run through them too.
 
 mod autodiff;
 #[cfg(feature = "flex")]
@@ -144,8 +146,7 @@ pub fn linear<const D: usize>(
 pub fn dropout<const D: usize>(x: Tensor<D>, keep: f64, seed: u64) -> Tensor<D> {
     if !has_kernels(&x.device()) {
         let shape = x.shape();
-        let mut mask = vec![1.0; shape.num_elements()];
-        math::dropout_in_place(&mut mask, keep, seed);
+        let mask = crate::dropout::bernoulli_mask(shape.num_elements(), keep, seed);
         let mask = Tensor::<D>::from_data(TensorData::new(mask, shape), &x.device());
         return x * mask;
     }
