@@ -11,12 +11,7 @@ use super::{BertKernels, math};
 
 /// The tensor as contiguous `f32` (copied only when strided or of another type), and its dtype.
 fn f32_contiguous(tensor: FlexTensor) -> (FlexTensor, DType) {
-    let dtype = tensor.dtype();
-    let tensor = if dtype == DType::F32 {
-        tensor
-    } else {
-        Flex::float_cast(tensor, FloatDType::F32)
-    };
+    let (tensor, dtype) = f32_strided(tensor);
     let tensor = if tensor.as_slice::<f32>().is_some() {
         tensor
     } else {
@@ -32,11 +27,7 @@ fn output(values: Vec<f32>, shape: Shape, dtype: DType) -> FlexTensor {
         Layout::contiguous(shape),
         DType::F32,
     );
-    if dtype == DType::F32 {
-        out
-    } else {
-        Flex::float_cast(out, dtype.into())
-    }
+    finish(out, dtype)
 }
 
 /// The values of `tensor` (from [`f32_contiguous`]) to overwrite in place, when it was `f32`
@@ -67,7 +58,7 @@ fn writable_values(tensor: &mut FlexTensor) -> &mut [f32] {
     unshared_values(tensor, DType::F32).expect("into_writable returns an unshared f32 tensor")
 }
 
-/// A tensor from [`into_writable`], cast back to `dtype`.
+/// An `f32` result (from [`into_writable`] or a kernel's own buffer), cast back to `dtype`.
 fn finish(tensor: FlexTensor, dtype: DType) -> FlexTensor {
     if dtype == DType::F32 {
         tensor
