@@ -145,17 +145,20 @@ impl BertSelfAttention {
             .swap_dims(1, 2)
     }
 
-    /// `mask_bias` is `[batch, 1, 1, keys]`: 0 where a key may be attended, a large negative
-    /// value where not; `keys` counts the prefix too when one is given.
+    /// Attention of the positions in `queries` (`[batch, q, hidden]`: all of `hidden`, or its
+    /// first positions) over every position of `hidden`. `mask_bias` is `[batch, 1, 1, keys]`:
+    /// 0 where a key may be attended, a large negative value where not; `keys` counts the prefix
+    /// too when one is given.
     pub fn forward(
         &self,
+        queries: Tensor<3>,
         hidden: Tensor<3>,
         mask_bias: Tensor<4>,
         prefix: Option<&LayerPrefix>,
     ) -> Tensor<3> {
         let hidden_size = hidden.dims()[2];
         let head_dim = hidden_size / self.num_attention_heads;
-        let query = self.split_heads(self.query.forward(hidden.clone()));
+        let query = self.split_heads(self.query.forward(queries));
         let mut key = self.split_heads(self.key.forward(hidden.clone()));
         let mut value = self.split_heads(self.value.forward(hidden));
         if let Some(prefix) = prefix {
@@ -289,11 +292,30 @@ impl BertLayer {
         mask_bias: Tensor<4>,
         prefix: Option<&LayerPrefix>,
     ) -> Tensor<3> {
+        self.forward_first(hidden.dims()[1], hidden, mask_bias, prefix)
+    }
+
+    /// The layer's output for the first `n` positions only, `[batch, n, hidden]`. Keys and
+    /// values still come from every position, so these rows equal those of [`Self::forward`];
+    /// every other row of the attention output, the feed-forward block and the layer norms is
+    /// skipped.
+    pub fn forward_first(
+        &self,
+        n: usize,
+        hidden: Tensor<3>,
+        mask_bias: Tensor<4>,
+        prefix: Option<&LayerPrefix>,
+    ) -> Tensor<3> {
+        let queries = if n == hidden.dims()[1] {
+            hidden.clone()
+        } else {
+            hidden.clone().narrow(1, 0, n)
+        };
         let attn = self
             .attention
             .self_attn
-            .forward(hidden.clone(), mask_bias, prefix);
-        let attn = self.attention.output.forward(attn, hidden);
+            .forward(queries.clone(), hidden, mask_bias, prefix);
+        let attn = self.attention.output.forward(attn, queries);
         let ffn = self.intermediate.forward(attn.clone());
         self.output.forward(ffn, attn)
     }
@@ -401,6 +423,34 @@ impl BertModel {
     }
 
     pub fn forward(&self, input: BertInput, extras: &BertExtras) -> BertOutput {
+        let (mut hidden, prompt_len) = self.encode(input, extras, false);
+        let pooler_output = self.pooler.as_ref().map(|p| p.forward(hidden.clone()));
+        if prompt_len > 0 {
+            let total = hidden.dims()[1];
+            hidden = hidden.narrow(1, prompt_len, total - prompt_len);
+        }
+        BertOutput {
+            last_hidden_state: hidden,
+            pooler_output,
+        }
+    }
+
+    /// The pooled output alone, `[batch, hidden]` (`None` without a pooler): what a classifier
+    /// reads. It equals [`Self::forward`]'s `pooler_output`, but the last layer runs for the
+    /// first position only, the one the pooler reads, which skips most of that layer's work.
+    pub fn pooled(&self, input: BertInput, extras: &BertExtras) -> Option<Tensor<2>> {
+        let pooler = self.pooler.as_ref()?;
+        Some(pooler.forward(self.encode(input, extras, true).0))
+    }
+
+    /// The last layer's hidden states, with the number of prompt positions in front of the
+    /// text's; with `first_only`, the last layer's output for the first position alone.
+    fn encode(
+        &self,
+        input: BertInput,
+        extras: &BertExtras,
+        first_only: bool,
+    ) -> (Tensor<3>, usize) {
         let BertInput {
             input_ids,
             token_type_ids,
@@ -429,19 +479,16 @@ impl BertModel {
         }
         let mask_bias = mask_bias(mask);
 
+        let layers = self.encoder.layer.len();
         for (i, layer) in self.encoder.layer.iter().enumerate() {
             let prefix = extras.prefix.as_ref().map(|p| &p[i]);
-            hidden = layer.forward(hidden, mask_bias.clone(), prefix);
+            hidden = if first_only && i + 1 == layers {
+                layer.forward_first(1, hidden, mask_bias.clone(), prefix)
+            } else {
+                layer.forward(hidden, mask_bias.clone(), prefix)
+            };
         }
-        let pooler_output = self.pooler.as_ref().map(|p| p.forward(hidden.clone()));
-        if prompt_len > 0 {
-            let total = hidden.dims()[1];
-            hidden = hidden.narrow(1, prompt_len, total - prompt_len);
-        }
-        BertOutput {
-            last_hidden_state: hidden,
-            pooler_output,
-        }
+        (hidden, prompt_len)
     }
 }
 
@@ -480,9 +527,9 @@ impl BertForSequenceClassification {
 
     /// Logits `[batch, num_labels]`.
     pub fn forward(&self, input: BertInput, extras: &BertExtras) -> Tensor<2> {
-        let out = self.bert.forward(input, extras);
-        let pooled = out
-            .pooler_output
+        let pooled = self
+            .bert
+            .pooled(input, extras)
             .expect("BertForSequenceClassification always has a pooler");
         self.classifier.forward(self.dropout.forward(pooled))
     }

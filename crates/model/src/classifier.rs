@@ -105,8 +105,7 @@ impl BertClassifier {
         };
         let pooled = self
             .bert
-            .forward(input, &extras)
-            .pooler_output
+            .pooled(input, &extras)
             .expect("BertClassifier always has a pooler");
         self.classifier.forward(self.dropout.forward(pooled))
     }
