@@ -18,11 +18,13 @@ use crate::kernels;
 use crate::norm::LayerNorm;
 use crate::peft::lora::LoraLinear;
 
-/// Key/value tensors prepended to one layer's attention, each `[batch, heads, prefix_len, head_dim]`.
+/// Key/value tensors prepended to one layer's attention, each `[batch, prefix_len, hidden]`
+/// (heads side by side, as the key and value projections write them, so prepending them is a
+/// copy of whole rows).
 #[derive(Debug, Clone)]
 pub struct LayerPrefix {
-    pub key: Tensor<4>,
-    pub value: Tensor<4>,
+    pub key: Tensor<3>,
+    pub value: Tensor<3>,
 }
 
 /// Inputs of one forward pass. `attention_mask` is 1.0 for real tokens and 0.0 for padding.
@@ -159,12 +161,13 @@ impl BertSelfAttention {
         let hidden_size = hidden.dims()[2];
         let head_dim = hidden_size / self.num_attention_heads;
         let query = self.split_heads(self.query.forward(queries));
-        let mut key = self.split_heads(self.key.forward(hidden.clone()));
-        let mut value = self.split_heads(self.value.forward(hidden));
+        let mut key = self.key.forward(hidden.clone());
+        let mut value = self.value.forward(hidden);
         if let Some(prefix) = prefix {
-            key = Tensor::cat(vec![prefix.key.clone(), key], 2);
-            value = Tensor::cat(vec![prefix.value.clone(), value], 2);
+            key = Tensor::cat(vec![prefix.key.clone(), key], 1);
+            value = Tensor::cat(vec![prefix.value.clone(), value], 1);
         }
+        let (key, value) = (self.split_heads(key), self.split_heads(value));
         let scores = kernels::heads_matmul(query, key.swap_dims(2, 3));
         let probs = kernels::masked_softmax(scores, mask_bias, 1.0 / (head_dim as f64).sqrt());
         let probs = self.dropout.forward(probs);
@@ -462,7 +465,7 @@ impl BertModel {
             .prefix
             .as_ref()
             .and_then(|p| p.first())
-            .map_or(0, |p| p.key.dims()[2]);
+            .map_or(0, |p| p.key.dims()[1]);
 
         let mut hidden = self.embeddings.forward(
             input_ids,

@@ -136,7 +136,6 @@ pub struct PrefixEncoder {
     pub embedding: Embedding,
     pub transform: Option<PrefixProjection>,
     num_layers: usize,
-    num_heads: usize,
     hidden: usize,
 }
 
@@ -162,7 +161,6 @@ impl PrefixEncoder {
             embedding,
             transform,
             num_layers: bert.num_hidden_layers,
-            num_heads: bert.num_attention_heads,
             hidden: bert.hidden_size,
         }
     }
@@ -187,20 +185,18 @@ impl PrefixEncoder {
 
     /// Per-layer key/value prefixes for a batch: peft's `get_prompt` for prefix tuning.
     pub fn forward(&self, batch: usize) -> Vec<LayerPrefix> {
-        let p = self.num_virtual_tokens();
-        let kv = self.prefix_embeddings();
-        let (heads, head_dim) = (self.num_heads, self.hidden / self.num_heads);
-        // [1, P, L*2, heads, head_dim] -> [L*2, 1, heads, P, head_dim]
-        let kv = kv
-            .reshape([1, p, self.num_layers * 2, heads, head_dim])
-            .permute([2, 0, 3, 1, 4]);
+        let (p, hidden) = (self.num_virtual_tokens(), self.hidden);
+        // [P, L*2*hidden] = [P, L*2, hidden]: layer i's key is block 2i, its value block 2i+1.
+        let kv = self
+            .prefix_embeddings()
+            .reshape([1, p, self.num_layers * 2, hidden]);
         (0..self.num_layers)
             .map(|i| {
                 let take = |j: usize| {
                     kv.clone()
-                        .narrow(0, j, 1)
-                        .reshape([1, heads, p, head_dim])
-                        .expand([batch, heads, p, head_dim])
+                        .narrow(2, j, 1)
+                        .reshape([1, p, hidden])
+                        .expand([batch, p, hidden])
                 };
                 LayerPrefix {
                     key: take(2 * i),
