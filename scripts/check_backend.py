@@ -3,6 +3,8 @@ the committed fixtures (tests/fixtures, made by tests/fixtures/make_fixtures.py 
 stack) hold peft's probabilities for every adapter fixture and the base model's mean-pooled
 embeddings. For each `--device`, runs `trainer predict` on each adapter and `trainer embed`,
 and prints the largest difference from peft's numbers; exits 1 if one exceeds `--tol`.
+`--precision f16` (or bf16) runs them in half precision: peft's numbers are f32, so this measures
+the error that precision adds (give it a wider `--tol`).
 
     cargo build --release -p trainer --features wgpu
     python scripts/check_backend.py --device flex --device wgpu
@@ -21,8 +23,8 @@ FIXTURES = os.path.join(ROOT, "tests", "fixtures")
 
 
 def trainer(args, device, *cmd):
-    out = subprocess.run([args.trainer, "--device", device, *cmd], capture_output=True,
-                         text=True)
+    out = subprocess.run([args.trainer, "--device", device, "--precision", args.precision, *cmd],
+                         capture_output=True, text=True)
     if out.returncode != 0:
         raise RuntimeError(f"trainer {' '.join(cmd[:1])} on {device}: {out.stderr.strip()}")
     return [json.loads(line) for line in out.stdout.splitlines() if line.strip()]
@@ -35,7 +37,7 @@ def max_diff(rows, expected):
 def check(args, device, expected):
     model = os.path.join(FIXTURES, "tiny-bert")
     texts = expected["texts"]
-    result = {"device": device, "adapters": {}}
+    result = {"device": device, "precision": args.precision, "adapters": {}}
     for adapter in expected["peft_adapters"]:
         rows = trainer(args, device, "predict", "--model", model, "--adapter",
                        os.path.join(FIXTURES, adapter["dir"]), "--json", *texts)
@@ -51,6 +53,7 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--trainer", default=os.path.join(ROOT, "target", "release", "trainer"))
     ap.add_argument("--device", action="append", help="repeatable; default: flex")
+    ap.add_argument("--precision", default="f32", choices=["f32", "f16", "bf16"])
     ap.add_argument("--tol", type=float, default=1e-4)
     args = ap.parse_args()
     with open(os.path.join(FIXTURES, "expected.json"), encoding="utf-8") as f:

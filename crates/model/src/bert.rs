@@ -496,9 +496,15 @@ impl BertModel {
 }
 
 /// `[batch, keys]` mask of ones/zeros -> additive bias `[batch, 1, 1, keys]`, HF's
-/// `(1 - mask) * finfo(float32).min`.
+/// `(1 - mask) * finfo(dtype).min`: the most negative finite value of the mask's float type
+/// (`f32::MIN` would round to -inf in f16 or bf16, and `0 * -inf` is NaN).
 pub fn mask_bias(mask: Tensor<2>) -> Tensor<4> {
-    let bias = (mask.neg() + 1.0) * f32::MIN as f64;
+    let min = match mask.dtype() {
+        burn::tensor::DType::F16 => -65504.0,
+        burn::tensor::DType::BF16 => -3.389_531_389_251_535_5e38,
+        _ => f32::MIN as f64,
+    };
+    let bias = (mask.neg() + 1.0) * min;
     bias.unsqueeze_dims::<4>(&[1, 2])
 }
 

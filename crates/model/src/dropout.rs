@@ -63,9 +63,11 @@ impl Dropout {
     }
 }
 
-/// 64 bits from the device's seeded RNG (three uniform floats' mantissas).
+/// 64 bits from the device's seeded RNG (three uniform floats' mantissas, drawn as f32 whatever
+/// the device's float type: bf16 would leave 21 random bits, and masks would repeat).
 fn draw_seed(device: &Device) -> u64 {
-    let draws = Tensor::<1>::random([3], Distribution::Uniform(0.0, 1.0), device)
+    let f32 = (device, burn::tensor::DType::F32);
+    let draws = Tensor::<1>::random([3], Distribution::Uniform(0.0, 1.0), f32)
         .into_data()
         .convert::<f32>()
         .try_to_vec::<f32>()

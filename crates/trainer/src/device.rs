@@ -11,8 +11,9 @@ use std::fmt;
 use std::str::FromStr;
 use std::sync::OnceLock;
 
-use anyhow::{Result, bail};
+use anyhow::{Context, Result, bail};
 use burn::prelude::*;
+use serde::{Deserialize, Serialize};
 
 /// Which adapter of a wgpu graphics API.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -193,13 +194,100 @@ impl FromStr for DeviceSpec {
     }
 }
 
+/// The float type of parameters and activations. `f32` is the default and what every parity
+/// test holds to; `f16` and `bf16` halve the memory of weights and activations where a backend
+/// computes in them (GPUs). The fused Flex kernels compute in `f32` and round their outputs.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Precision {
+    #[default]
+    F32,
+    F16,
+    Bf16,
+}
+
+impl Precision {
+    fn dtype(self) -> burn::tensor::FloatDType {
+        use burn::tensor::FloatDType;
+        match self {
+            Self::F32 => FloatDType::F32,
+            Self::F16 => FloatDType::F16,
+            Self::Bf16 => FloatDType::BF16,
+        }
+    }
+}
+
+impl fmt::Display for Precision {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::F32 => "f32",
+            Self::F16 => "f16",
+            Self::Bf16 => "bf16",
+        })
+    }
+}
+
+impl FromStr for Precision {
+    type Err = anyhow::Error;
+
+    fn from_str(s: &str) -> Result<Self> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "f32" | "float32" => Ok(Self::F32),
+            "f16" | "float16" | "half" => Ok(Self::F16),
+            "bf16" | "bfloat16" => Ok(Self::Bf16),
+            _ => bail!("unknown precision `{s}` (known: f32, f16, bf16)"),
+        }
+    }
+}
+
+/// `--precision`, when given: it overrides a recipe's or a run's own.
+static PRECISION_FLAG: OnceLock<Precision> = OnceLock::new();
+
+/// Sets the float type of `devices` before anything is created on them: `--precision` if given,
+/// else `own` (a recipe's or a run's `train.precision`). Returns the one in effect. Burn fixes a
+/// device's float type at its first tensor, so this runs before any model is loaded.
+pub fn set_precision(devices: &[Device], own: Precision) -> Result<Precision> {
+    let precision = PRECISION_FLAG.get().copied().unwrap_or(own);
+    if precision == Precision::F32 {
+        return Ok(precision);
+    }
+    for device in devices
+        .iter()
+        .filter(|d| d.settings().float_dtype != precision.dtype())
+    {
+        device
+            .clone()
+            .configure(precision.dtype())
+            .map_err(|e| match e {
+                burn::tensor::DeviceError::UnsupportedDType { .. } => anyhow::anyhow!(
+                    "precision {precision}: not supported by {} (use f32{})",
+                    describe(device),
+                    if precision == Precision::Bf16 {
+                        " or f16"
+                    } else {
+                        ""
+                    }
+                ),
+                burn::tensor::DeviceError::AlreadyInitialized { .. } => anyhow::anyhow!(
+                    "precision {precision}: {} is already in use in another precision (one \
+                     precision per process)",
+                    describe(device)
+                ),
+            })?;
+    }
+    Ok(precision)
+}
+
 static SELECTED: OnceLock<(DeviceSpec, Device)> = OnceLock::new();
 /// Whether the selected device was named (`--device`, `BURN_DEVICE`) rather than defaulted.
 static NAMED: OnceLock<bool> = OnceLock::new();
 
 /// Decides this process's device from `--device` (first) or `BURN_DEVICE`; every error names
 /// where the bad value came from and the compiled backends. Called once, before any command.
-pub fn select(flag: Option<&str>) -> Result<()> {
+pub fn select(flag: Option<&str>, precision: Option<&str>) -> Result<()> {
+    if let Some(p) = precision {
+        let _ = PRECISION_FLAG.set(p.parse().context("--precision")?);
+    }
     let _ = NAMED.set(flag.is_some() || std::env::var_os("BURN_DEVICE").is_some());
     let spec = match (flag, std::env::var("BURN_DEVICE")) {
         (Some(f), _) => f

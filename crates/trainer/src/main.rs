@@ -53,6 +53,10 @@ struct Cli {
     /// first).
     #[arg(long, global = true, value_name = "DEVICE")]
     device: Option<String>,
+    /// Float type of weights and activations: f32, f16 or bf16 (default: the run's or recipe's
+    /// `train.precision`, else f32). Half precision is for GPUs; on Flex it is slower than f32.
+    #[arg(long, global = true, value_name = "TYPE")]
+    precision: Option<String>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -78,7 +82,7 @@ enum Command {
 fn main() -> ExitCode {
     keep_freed_memory();
     let cli = Cli::parse();
-    if let Err(e) = device::select(cli.device.as_deref()) {
+    if let Err(e) = device::select(cli.device.as_deref(), cli.precision.as_deref()) {
         eprintln!("error: {e:#}");
         return ExitCode::FAILURE;
     }

@@ -232,6 +232,79 @@ fn training_on_two_devices_steps_once_per_round_and_resumes() {
 }
 
 #[test]
+fn half_precision_trains_and_predicts_close_to_f32() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    write_data(dir);
+    ok(&trainer(
+        dir,
+        &[
+            "train",
+            "--config",
+            "tiny.toml",
+            "--run-dir",
+            "bf16",
+            "--set",
+            "train.precision=bf16",
+        ],
+    ));
+    let config = std::fs::read_to_string(dir.join("bf16/config.toml")).unwrap();
+    assert!(config.contains("precision = \"bf16\""), "{config}");
+    for epoch in finished_epochs(&dir.join("bf16")) {
+        let loss = epoch["train"]["loss"].as_f64().unwrap();
+        assert!(loss.is_finite() && loss > 0.0, "{epoch}");
+    }
+    // The run predicts in its own precision by default; --precision overrides it.
+    let texts = ["You won't believe this", "Senate passes the budget"];
+    let probs = |precision: Option<&str>| -> Vec<f64> {
+        let mut args = vec!["predict", "--run", "bf16", "--json"];
+        if let Some(p) = precision {
+            args.extend(["--precision", p]);
+        }
+        args.extend(texts);
+        ok(&trainer(dir, &args))
+            .lines()
+            .flat_map(|l| {
+                let v: Value = serde_json::from_str(l).unwrap();
+                let row: Vec<f64> = v["probabilities"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|p| p.as_f64().unwrap())
+                    .collect();
+                row
+            })
+            .collect()
+    };
+    let (own, bf16, f32) = (probs(None), probs(Some("bf16")), probs(Some("f32")));
+    assert_eq!(own, bf16);
+    assert_eq!(own.len(), 4);
+    let diff = own
+        .iter()
+        .zip(&f32)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0, f64::max);
+    assert!(diff > 0.0 && diff < 2e-2, "bf16 vs f32: {diff}");
+
+    let e = one_line_error(
+        &trainer(dir, &["predict", "--precision", "f8", "--run", "bf16", "x"]),
+        &["--precision", "f8"],
+    );
+    assert!(e.contains("f32, f16, bf16"), "{e}");
+    let e = err(&trainer(
+        dir,
+        &[
+            "train",
+            "--config",
+            "tiny.toml",
+            "--set",
+            "train.precision=f64",
+        ],
+    ));
+    assert!(e.contains("precision") && e.contains("f64"), "{e}");
+}
+
+#[test]
 fn bad_data_and_configs_are_named() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();

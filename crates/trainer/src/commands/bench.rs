@@ -42,6 +42,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
         return classify(run, args.texts, args.batch_size);
     }
     let device = device();
+    crate::device::set_precision(std::slice::from_ref(&device), Default::default())?;
     let pretrained = Pretrained::load(&args.model, args.seq_len, &device)?;
     let positions = pretrained.config.max_position_embeddings;
     anyhow::ensure!(
@@ -71,6 +72,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
     let record = serde_json::json!({
         "bench": "forward",
         "device": describe(&device),
+        "precision": format!("{:?}", device.settings().float_dtype).to_lowercase(),
         "model": args.model,
         "batch_size": args.batch_size,
         "seq_len": args.seq_len,
@@ -88,6 +90,10 @@ fn percentile(sorted: &[f64], q: f64) -> f64 {
 
 fn classify(dir: &std::path::Path, n: usize, batch_size: usize) -> Result<()> {
     let device = device();
+    let own = crate::classifier::Classifier::read_config(dir)?
+        .train
+        .precision;
+    crate::device::set_precision(std::slice::from_ref(&device), own)?;
     let run = crate::classifier::Classifier::load(dir, &device)?;
     let columns = run.config.data.columns();
     let valid = crate::run::RunDir::new(dir).valid_csv();
@@ -111,6 +117,7 @@ fn classify(dir: &std::path::Path, n: usize, batch_size: usize) -> Result<()> {
     let record = serde_json::json!({
         "bench": "classify",
         "device": describe(&device),
+        "precision": format!("{:?}", device.settings().float_dtype).to_lowercase(),
         "run": dir,
         "method": run.config.peft.name(),
         "texts": texts.len(),

@@ -33,7 +33,14 @@ pub struct ModelArgs {
 }
 
 impl ModelArgs {
+    /// The classifier, in the run's precision (`train.precision`) unless `--precision` says
+    /// otherwise; f32 for `--model`.
     pub fn load(&self, device: &Device) -> Result<Classifier> {
+        let own = match &self.run {
+            Some(dir) => Classifier::read_config(dir)?.train.precision,
+            None => Default::default(),
+        };
+        crate::device::set_precision(std::slice::from_ref(device), own)?;
         match (&self.run, &self.model, &self.adapter) {
             (Some(dir), _, _) => Classifier::load(dir, device),
             (None, Some(model), Some(adapter)) => Classifier::from_adapter(

@@ -47,6 +47,7 @@ fn parse_pooling(s: &str) -> std::result::Result<Pooling, String> {
 pub fn run(args: EmbedArgs) -> Result<()> {
     let texts = read_texts(&args)?;
     let device = device();
+    crate::device::set_precision(std::slice::from_ref(&device), Default::default())?;
     let pretrained = Pretrained::load(&args.model, args.max_length, &device)?;
     if args.pooling == Pooling::Pooler && pretrained.model().pooler.is_none() {
         bail!(
@@ -76,7 +77,8 @@ pub fn run(args: EmbedArgs) -> Result<()> {
 }
 
 fn into_f32(data: TensorData) -> Result<Vec<f32>> {
-    data.try_to_vec::<f32>()
+    data.convert::<f32>()
+        .try_to_vec::<f32>()
         .map_err(|e| anyhow::anyhow!("cannot read tensor data: {e:?}"))
 }
 

@@ -121,6 +121,7 @@ struct Shared {
 pub fn run(args: ServeArgs) -> Result<()> {
     let device = crate::device::device();
     let config = Classifier::read_config(&args.run)?;
+    crate::device::set_precision(std::slice::from_ref(&device), config.train.precision)?;
     let pretrained = Pretrained::load(&config.model.source, config.model.max_length, &device)?;
     let mut names = vec![config.name.clone()];
     let mut runs = vec![Classifier::load_with(&args.run, &pretrained, &device)?];

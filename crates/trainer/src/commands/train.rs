@@ -41,6 +41,8 @@ pub fn run(args: TrainArgs) -> Result<()> {
     };
     let train = &session.config.train;
     let devices = crate::device::for_training(train.device.as_deref(), &train.devices)?;
+    session.config.train.precision = crate::device::set_precision(&devices, train.precision)?;
+    let train = &session.config.train;
     for device in &devices {
         device.seed(train.seed);
     }

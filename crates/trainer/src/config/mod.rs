@@ -134,6 +134,10 @@ pub struct TrainSection {
     /// `BURN_DEVICE` still pick one device.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub devices: Vec<String>,
+    /// Float type of weights, activations and optimizer state: `f32` (default), `f16` or
+    /// `bf16`, where the device computes in it (see the README's backend table). `--precision`
+    /// overrides it; the run keeps the one it trained with, and inference uses it.
+    pub precision: crate::device::Precision,
 }
 
 impl Default for TrainSection {
@@ -149,6 +153,7 @@ impl Default for TrainSection {
             group_by_length: true,
             device: None,
             devices: Vec::new(),
+            precision: crate::device::Precision::F32,
         }
     }
 }

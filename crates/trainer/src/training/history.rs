@@ -19,6 +19,20 @@ fn select_value(r: &EpochRecord, select: SelectMetric) -> Option<f64> {
     r.valid.get(&MetricKey::from(select)).copied()
 }
 
+/// Which epoch's loss was not a finite number, if any: such a run has no usable parameters.
+pub fn diverged(records: &[EpochRecord]) -> Option<String> {
+    records.iter().find_map(|r| {
+        [("training", &r.train), ("validation", &r.valid)]
+            .into_iter()
+            .find_map(|(split, values)| match values.get(&MetricKey::Loss) {
+                Some(loss) if !loss.is_finite() => {
+                    Some(format!("epoch {}'s {split} loss is {loss}", r.epoch))
+                }
+                _ => None,
+            })
+    })
+}
+
 /// The epoch with the best validation metric (the first one on ties).
 pub fn best_epoch(records: &[EpochRecord], select: SelectMetric) -> Option<EpochRecord> {
     let mut best: Option<(&EpochRecord, f64)> = None;
@@ -96,4 +110,27 @@ pub fn describe_valid(valid: &SplitValues) -> String {
         .map(|(k, v)| format!("{} {}", k.display(), k.format(*v)))
         .collect::<Vec<_>>()
         .join(", ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(epoch: usize, train_loss: f64, valid_loss: f64) -> EpochRecord {
+        EpochRecord {
+            epoch,
+            train: SplitValues::from([(MetricKey::Loss, train_loss)]),
+            valid: SplitValues::from([(MetricKey::Loss, valid_loss)]),
+            seconds: 1.0,
+        }
+    }
+
+    #[test]
+    fn a_non_finite_loss_in_any_epoch_is_divergence() {
+        assert_eq!(diverged(&[record(1, 0.7, 0.6), record(2, 0.5, 0.4)]), None);
+        let why = diverged(&[record(1, 0.7, 0.6), record(2, 0.5, f64::NAN)]).unwrap();
+        assert_eq!(why, "epoch 2's validation loss is NaN");
+        let why = diverged(&[record(1, f64::INFINITY, 0.6)]).unwrap();
+        assert_eq!(why, "epoch 1's training loss is inf");
+    }
 }
