@@ -468,9 +468,13 @@ impl Matrix {
     }
 }
 
-/// Below this many multiply-adds a product runs on the calling thread (Flex's own threshold):
-/// handing a one-text product to the thread pool costs more than it saves.
+/// Below this many multiply-adds the attention products of a batch run on the calling thread
+/// (Flex's own threshold): handing a one-text product to the thread pool costs more than it saves.
 const PARALLEL_THRESHOLD: usize = 192 * 192 * 192;
+
+/// Fewer output rows than this keep a matrix product on one thread whatever its size: the
+/// products of one text (~15 rows) are faster there than split across the pool.
+const PARALLEL_MIN_ROWS: usize = 32;
 
 /// `out = lhs · rhs` (`[m, n, k]`: `m x k` by `k x n`; `out` is `m x n`, rows `out_row_stride` apart), or
 /// `out += lhs · rhs` when `accumulate`.
@@ -498,11 +502,12 @@ unsafe fn gemm_into(
         }
         return;
     }
-    let parallelism = if m.saturating_mul(n).saturating_mul(k) >= PARALLEL_THRESHOLD {
-        gemm::Parallelism::Rayon(0)
-    } else {
-        gemm::Parallelism::None
-    };
+    let parallelism =
+        if m >= PARALLEL_MIN_ROWS && m.saturating_mul(n).saturating_mul(k) >= PARALLEL_THRESHOLD {
+            gemm::Parallelism::Rayon(0)
+        } else {
+            gemm::Parallelism::None
+        };
     // SAFETY: forwarded from the caller.
     unsafe {
         gemm::gemm::<f32>(
