@@ -151,6 +151,11 @@ fn prefix_attention_matches_peft() {
         prefix: Some(encoder.forward(batch)),
         prompt: None,
     };
+    // The classifier's path runs the last layer for the pooled position only; the full
+    // forward pass pools the same row.
+    let full = model.bert.forward(input.clone(), &extras).pooler_output;
+    let pooled = model.bert.pooled(input.clone(), &extras);
+    assert_close("pooled", &values(pooled.unwrap()), &values(full.unwrap()));
     let logits = model.forward(input, &extras);
     assert_close("prefix logits", &values(logits), &flat(&case["logits"]));
 }
