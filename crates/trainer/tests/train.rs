@@ -302,6 +302,13 @@ fn half_precision_trains_and_predicts_close_to_f32() {
         ],
     ));
     assert!(e.contains("precision") && e.contains("f64"), "{e}");
+    one_line_error(
+        &trainer(
+            dir,
+            &["train", "--config", "tiny.toml", "--precision", "f16"],
+        ),
+        &["precision f16: training is not supported"],
+    );
 }
 
 #[test]

@@ -41,7 +41,13 @@ pub fn run(args: TrainArgs) -> Result<()> {
     };
     let train = &session.config.train;
     let devices = crate::device::for_training(train.device.as_deref(), &train.devices)?;
-    session.config.train.precision = crate::device::set_precision(&devices, train.precision)?;
+    let precision = crate::device::set_precision(&devices, train.precision)?;
+    anyhow::ensure!(
+        precision != crate::device::Precision::F16,
+        "precision f16: training is not supported (AdamW's second moments and epsilon underflow \
+         in f16 and the loss turns NaN); train in bf16 or f32, and predict in f16 if you like"
+    );
+    session.config.train.precision = precision;
     let train = &session.config.train;
     for device in &devices {
         device.seed(train.seed);

@@ -134,9 +134,9 @@ pub struct TrainSection {
     /// `BURN_DEVICE` still pick one device.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub devices: Vec<String>,
-    /// Float type of weights, activations and optimizer state: `f32` (default), `f16` or
-    /// `bf16`, where the device computes in it (see the README's backend table). `--precision`
-    /// overrides it; the run keeps the one it trained with, and inference uses it.
+    /// Float type of weights, activations and optimizer state: `f32` (default) or `bf16`
+    /// (`f16` is refused for training: AdamW underflows in it). `--precision` overrides it; the
+    /// run keeps the one it trained with, and inference uses it.
     pub precision: crate::device::Precision,
 }
 

@@ -300,7 +300,8 @@ impl Session {
         let last = records.iter().map(|r| r.epoch).max().unwrap_or(0);
         if let Some(why) = history::diverged(&records) {
             bail!(
-                "training diverged: {why}; nothing was saved as the run's result (lower                  train.lr{})",
+                "training diverged: {why}; nothing was saved as the run's result (lower \
+                 train.lr{})",
                 if config.train.precision == crate::device::Precision::F32 {
                     ""
                 } else {
