@@ -12,7 +12,9 @@ project: batches of similar length, `train.group_by_length`) and configs/referen
 (random batches, as transformers trains), against
 scripts/reference_train.py on the same split and recipe (random batches padded to their
 longest, torch with `--threads` threads). Classification: `trainer bench --run` against
-scripts/bench_serving.py's transformers + peft on the same adapter and texts. Peak RSS is
+scripts/bench_serving.py's transformers + peft on the same adapter and texts: single texts,
+then batched passes over them (the first pass, and the mean of two more: the throughput a
+server under load sees, once a GPU backend has compiled its kernels). Peak RSS is
 read from /proc while each process runs. Prints a table, then one JSON line.
 
 `--recipe lora` compares configs/default.toml (LoRA) instead, grouped against random batches
@@ -138,6 +140,9 @@ def main():
          torch_train["samples_per_s"], True),
         ("batched classification, texts/s", rust_cls["batched_texts_per_s"],
          torch_cls["batched_texts_per_s"], True),
+        ("batched classification, first pass, texts/s",
+         rust_cls["batched_first_pass_texts_per_s"],
+         torch_cls["batched_first_pass_texts_per_s"], True),
         ("one text, p50 ms", rust_cls["single_text_ms"]["p50"],
          torch_cls["single_text_ms"]["p50"], False),
         ("one text, p99 ms", rust_cls["single_text_ms"]["p99"],

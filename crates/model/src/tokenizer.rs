@@ -19,7 +19,7 @@ use crate::bert::BertInput;
 use crate::error::{ModelError, Result};
 
 /// One tokenised text, before padding.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Encoded {
     pub input_ids: Vec<u32>,
     pub token_type_ids: Vec<u32>,
@@ -177,8 +177,27 @@ fn do_lower_case(dir: &Path) -> Result<bool> {
 
 /// Pads a batch to its longest item (dynamic padding) and builds the model input.
 pub fn pad_batch(items: &[Encoded], pad_id: u32, device: &Device) -> BertInput {
+    let longest = items.iter().map(Encoded::len).max().unwrap_or(0);
+    pad_batch_to(items, pad_id, longest, device)
+}
+
+/// The padded length for a batch whose longest item has `longest` tokens: `longest` itself, or
+/// rounded up to a multiple of `step` but never past `cap` (the tokenizer's `max_length`). GPU
+/// backends compile and autotune kernels per input shape, so a stream of batches padded to a
+/// few lengths pays that cost a few times instead of once per length; padded positions are
+/// masked, so the outputs of the real positions do not change.
+pub fn bucketed_len(longest: usize, step: usize, cap: usize) -> usize {
+    if step <= 1 || longest >= cap {
+        return longest;
+    }
+    longest.div_ceil(step).saturating_mul(step).min(cap)
+}
+
+/// [`pad_batch`] to `len` tokens (at least the longest item's).
+pub fn pad_batch_to(items: &[Encoded], pad_id: u32, len: usize, device: &Device) -> BertInput {
     let batch = items.len();
-    let len = items.iter().map(Encoded::len).max().unwrap_or(0).max(1);
+    let longest = items.iter().map(Encoded::len).max().unwrap_or(0);
+    let len = len.max(longest).max(1);
     let mut ids = vec![pad_id as i64; batch * len];
     let mut types = vec![0i64; batch * len];
     let mut mask = vec![0f32; batch * len];
@@ -193,5 +212,21 @@ pub fn pad_batch(items: &[Encoded], pad_id: u32, device: &Device) -> BertInput {
         input_ids: Tensor::from_data(TensorData::new(ids, [batch, len]), device),
         token_type_ids: Tensor::from_data(TensorData::new(types, [batch, len]), device),
         attention_mask: Tensor::from_data(TensorData::new(mask, [batch, len]), device),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::bucketed_len;
+
+    #[test]
+    fn lengths_round_up_to_their_step_within_the_cap() {
+        assert_eq!(bucketed_len(13, 1, 32), 13);
+        assert_eq!(bucketed_len(13, 8, 32), 16);
+        assert_eq!(bucketed_len(16, 8, 32), 16);
+        assert_eq!(bucketed_len(29, 8, 30), 30);
+        assert_eq!(bucketed_len(0, 8, 32), 0);
+        // A longest item past the cap (no truncation configured) is left as it is.
+        assert_eq!(bucketed_len(40, 8, 32), 40);
     }
 }

@@ -105,6 +105,44 @@ impl DeviceSpec {
         }
     }
 
+    /// wgpu looks for its adapter when a device is first used, and CubeCL panics in its device
+    /// thread when there is none (no Vulkan, Metal or DX12 driver). Asking wgpu first turns that
+    /// into an error that names the device.
+    fn check_adapter(&self, device: &Device) -> Result<()> {
+        #[cfg(any(feature = "wgpu", feature = "vulkan", feature = "metal"))]
+        {
+            use burn::tensor::DeviceType;
+            let (api, adapter) = match *self {
+                #[cfg(feature = "wgpu")]
+                Self::Wgpu(a) => (DeviceType::Wgpu, a),
+                #[cfg(feature = "vulkan")]
+                Self::Vulkan(a) => (DeviceType::Vulkan, a),
+                #[cfg(feature = "metal")]
+                Self::Metal(a) => (DeviceType::Metal, a),
+                #[allow(unreachable_patterns)]
+                _ => return Ok(()),
+            };
+            let found = Device::enumerate(api);
+            let ok = match adapter {
+                Adapter::Default => !found.is_empty(),
+                Adapter::Discrete(_) | Adapter::Cpu => found.contains(device),
+            };
+            if !ok {
+                bail!(
+                    "device `{self}`: wgpu found {} (install the GPU's Vulkan driver, or Mesa's \
+                     `mesa-vulkan-drivers` for a software adapter, named `{}:cpu`)",
+                    match found.len() {
+                        0 => "no adapter".to_string(),
+                        n => format!("no such adapter among its {n}"),
+                    },
+                    self.backend()
+                );
+            }
+        }
+        let _ = device;
+        Ok(())
+    }
+
     /// The Burn device; `Err` when its backend is not compiled into this binary.
     pub fn device(&self) -> Result<Device> {
         let device = match self {
@@ -127,7 +165,10 @@ impl DeviceSpec {
             _ => None,
         };
         match device {
-            Some(d) => Ok(d),
+            Some(d) => {
+                self.check_adapter(&d)?;
+                Ok(d)
+            }
             None => bail!(
                 "device `{self}` is not compiled into this binary (it has: {}); rebuild with \
                  `--features {}`",

@@ -116,3 +116,21 @@ fn training_on_wgpu_completes_resumes_and_follows_the_recipe_device() {
     );
     assert!((g - f).abs() < 0.1, "valid loss on wgpu {g}, on flex {f}");
 }
+
+#[test]
+fn a_machine_without_a_gpu_driver_gets_one_error_line_not_a_panic() {
+    let tmp = tempfile::tempdir().unwrap();
+    // Hides every Vulkan driver and EGL vendor (wgpu's GL fallback) from the loaders.
+    let none = tmp.path().join("none.json").display().to_string();
+    let hidden = [
+        ("VK_DRIVER_FILES", none.as_str()),
+        ("VK_ICD_FILENAMES", none.as_str()),
+        ("__EGL_VENDOR_LIBRARY_FILENAMES", none.as_str()),
+    ];
+    let out = trainer_env(
+        tmp.path(),
+        &["--device", "wgpu", "embed", "--model", &tiny(), "a text"],
+        &hidden,
+    );
+    only_error_line(&out, &["device `wgpu`", "wgpu found no adapter"]);
+}

@@ -285,6 +285,24 @@ fn half_precision_trains_and_predicts_close_to_f32() {
         .map(|(a, b)| (a - b).abs())
         .fold(0.0, f64::max);
     assert!(diff > 0.0 && diff < 2e-2, "bf16 vs f32: {diff}");
+    // `bench --run` loads the run as predict does: in its precision.
+    let bench = ok_json(&trainer(
+        dir,
+        &[
+            "bench",
+            "--run",
+            "bf16",
+            "--texts",
+            "6",
+            "--batch-size",
+            "4",
+        ],
+    ));
+    assert_eq!(bench["precision"], "bf16", "{bench}");
+    for key in ["batched_texts_per_s", "batched_first_pass_texts_per_s"] {
+        let rate = bench[key].as_f64().unwrap();
+        assert!(rate.is_finite() && rate > 0.0, "{key}: {bench}");
+    }
 
     let e = one_line_error(
         &trainer(dir, &["predict", "--precision", "f8", "--run", "bf16", "x"]),

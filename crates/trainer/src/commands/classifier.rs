@@ -36,24 +36,22 @@ impl ModelArgs {
     /// The classifier, in the run's precision (`train.precision`) unless `--precision` says
     /// otherwise; f32 for `--model`.
     pub fn load(&self, device: &Device) -> Result<Classifier> {
-        let own = match &self.run {
-            Some(dir) => Classifier::read_config(dir)?.train.precision,
-            None => Default::default(),
-        };
-        crate::device::set_precision(std::slice::from_ref(device), own)?;
-        match (&self.run, &self.model, &self.adapter) {
-            (Some(dir), _, _) => Classifier::load(dir, device),
-            (None, Some(model), Some(adapter)) => Classifier::from_adapter(
+        if let Some(dir) = &self.run {
+            return Classifier::load_in_own_precision(dir, device);
+        }
+        crate::device::set_precision(std::slice::from_ref(device), Default::default())?;
+        match (&self.model, &self.adapter) {
+            (Some(model), Some(adapter)) => Classifier::from_adapter(
                 model,
                 adapter,
                 self.labels.as_deref(),
                 self.max_length,
                 device,
             ),
-            (None, Some(model), None) => {
+            (Some(model), None) => {
                 Classifier::from_classifier(model, self.labels.as_deref(), self.max_length, device)
             }
-            _ => bail!("pass --run DIR, --model SRC --adapter DIR, or --model SRC"),
+            (None, _) => bail!("pass --run DIR, --model SRC --adapter DIR, or --model SRC"),
         }
     }
 }
