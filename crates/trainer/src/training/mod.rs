@@ -22,7 +22,7 @@ use burn::train::checkpoint::{
     ComposedCheckpointingStrategy, KeepLastNCheckpoints, MetricCheckpointingStrategy,
 };
 use burn::train::metric::store::{Aggregate, EventStoreClient, Split};
-use burn::train::metric::{AccuracyMetric, LearningRateMetric, LossMetric};
+use burn::train::metric::{AccuracyMetric, LearningRateMetric, LossMetric, Metric};
 use burn::train::{
     EarlyStoppingStrategy, ExecutionStrategy, Learner, LearningResult, MultiDeviceOptim,
     SupervisedTraining, TrainingStrategy,
@@ -246,9 +246,10 @@ impl Session {
                     .build(),
             )
             .num_epochs(config.train.epochs);
-        if let Some(stop) = stop_after {
-            training = training.early_stopping(StopAfterEpoch(stop));
-        }
+        training = training.early_stopping(StopEarly {
+            after: stop_after,
+            loss: LossMetric::new().name().to_string(),
+        });
         if devices.len() > 1 {
             let strategy =
                 ExecutionStrategy::multi(devices.to_vec(), MultiDeviceOptim::OptimMainDevice);
@@ -403,14 +404,28 @@ fn best_by<M: burn::train::metric::Metric>(
     MetricCheckpointingStrategy::new(metric, Aggregate::Mean, select.direction(), Split::Valid)
 }
 
-/// Ends training after a given epoch, once that epoch's checkpoint is written (burn-train
-/// consults early stopping after checkpointing; an interrupter would skip the checkpoint).
+/// Ends training once an epoch's checkpoint is written (burn-train consults early stopping
+/// after checkpointing; an interrupter would skip the checkpoint): after epoch `after` when
+/// given, and after any epoch whose training loss is not a finite number, since every epoch
+/// after it would be NaN too ([`Session::finish`] then reports the divergence).
 #[derive(Clone)]
-struct StopAfterEpoch(usize);
+struct StopEarly {
+    after: Option<usize>,
+    /// The loss metric's name in burn-train's event store.
+    loss: String,
+}
 
-impl EarlyStoppingStrategy for StopAfterEpoch {
-    fn should_stop(&mut self, epoch: usize, _store: &EventStoreClient) -> bool {
-        epoch >= self.0
+impl StopEarly {
+    /// Whether to stop after `epoch`, whose mean training loss was `loss`.
+    fn decide(&self, epoch: usize, loss: Option<f64>) -> bool {
+        loss.is_some_and(|l| !l.is_finite()) || self.after.is_some_and(|after| epoch >= after)
+    }
+}
+
+impl EarlyStoppingStrategy for StopEarly {
+    fn should_stop(&mut self, epoch: usize, store: &EventStoreClient) -> bool {
+        let loss = store.find_metric(&self.loss, epoch, Aggregate::Mean, &Split::Train);
+        self.decide(epoch, loss)
     }
 }
 
@@ -441,7 +456,21 @@ pub fn save_trainable(
 
 #[cfg(test)]
 mod tests {
-    use super::steps_per_epoch;
+    use super::{StopEarly, steps_per_epoch};
+
+    #[test]
+    fn training_stops_after_a_diverged_epoch_or_the_requested_one() {
+        let stop = |after| StopEarly {
+            after,
+            loss: "Loss".into(),
+        };
+        assert!(!stop(None).decide(1, Some(0.69)));
+        assert!(!stop(None).decide(1, None));
+        assert!(stop(None).decide(1, Some(f64::NAN)));
+        assert!(stop(None).decide(2, Some(f64::INFINITY)));
+        assert!(!stop(Some(2)).decide(1, Some(0.69)));
+        assert!(stop(Some(2)).decide(2, Some(0.69)));
+    }
 
     #[test]
     fn steps_per_epoch_count_rounds_of_one_batch_per_device() {
