@@ -8,6 +8,7 @@
 //! - [`pretrained`]: all of the above in one call.
 //! - [`classifier`] / [`train`]: BERT + PEFT module + head, as a burn-train Learner model.
 //! - [`export`]: a merged classifier as a plain HF `BertForSequenceClassification` directory.
+//! - [`parallel`]: inference batches split by rows across the host's cores.
 //! - [`params`]: saving and restoring the trainable subset of parameters by path.
 
 pub mod bert;
@@ -20,6 +21,7 @@ pub mod fsutil;
 pub mod kernels;
 pub mod load;
 pub mod norm;
+pub mod parallel;
 pub mod params;
 pub mod peft;
 pub mod pooling;

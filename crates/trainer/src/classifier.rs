@@ -12,7 +12,7 @@ use bert_model::classifier::BertClassifier;
 use bert_model::peft::PeftConfig;
 use bert_model::tokenizer::{bucketed_len, pad_batch_to};
 use bert_model::weights::Checkpoint;
-use bert_model::{BertTokenizer, Encoded, Pretrained, params};
+use bert_model::{BertTokenizer, Encoded, Pretrained, parallel, params};
 use burn::prelude::*;
 
 use crate::config::TrainConfig;
@@ -255,13 +255,23 @@ impl Classifier {
         let shapes = BatchShapes::for_device(device, batch_size, self.tokenizer.max_length());
         let mut done = 0;
         for chunk in order.chunks(batch_size.max(1)) {
-            let mut items: Vec<Encoded> = chunk.iter().map(|&i| encoded[i].clone()).collect();
-            let longest = items.iter().map(Encoded::len).max().unwrap_or(0);
-            // Rows added to fill a bucket are empty texts; their logits are dropped below.
-            items.resize(shapes.rows(items.len()), Encoded::default());
-            let input = pad_batch_to(&items, pad_id, shapes.len(longest), device);
-            let logits = self.model.forward(input);
-            for (&i, row) in chunk.iter().zip(logits_rows(logits)?) {
+            // On the host each part of the batch runs on its own core (`bert_model::parallel`).
+            let parts = parallel::map_parts(device, chunk, |part| {
+                let mut items: Vec<Encoded> = part.iter().map(|&i| encoded[i].clone()).collect();
+                let longest = items.iter().map(Encoded::len).max().unwrap_or(0);
+                // Rows added to fill a bucket are empty texts; their logits are dropped.
+                items.resize(shapes.rows(items.len()), Encoded::default());
+                let input = pad_batch_to(&items, pad_id, shapes.len(longest), device);
+                let mut rows = logits_rows(self.model.forward(input))?;
+                rows.truncate(part.len());
+                Ok(rows)
+            });
+            let rows = parts
+                .into_iter()
+                .collect::<Result<Vec<_>>>()?
+                .into_iter()
+                .flatten();
+            for (&i, row) in chunk.iter().zip(rows) {
                 out[i] = softmax(&row, self.temperature);
             }
             done += chunk.len();

@@ -6,6 +6,7 @@ use std::path::Path;
 use anyhow::Result;
 use bert_data::{ClassificationBatcher, Example, Table};
 use bert_model::classifier::BertClassifier;
+use bert_model::parallel;
 use burn::data::dataloader::batcher::Batcher;
 use burn::prelude::*;
 
@@ -116,11 +117,20 @@ pub fn evaluate(
     let mut order: Vec<usize> = (0..examples.len()).collect();
     order.sort_by_key(|&i| examples[i].encoded.len());
     for chunk in order.chunks(batch_size.max(1)) {
-        let items = chunk.iter().map(|&i| examples[i].clone()).collect();
-        let step = model.forward_classification(batcher.batch(items, device));
-        let loss = step.loss.into_scalar::<f32>() as f64;
-        loss_sum += loss * chunk.len() as f64;
-        for (&i, row) in chunk.iter().zip(logits_rows(step.logits)?) {
+        // On the host each part of the batch runs on its own core (`bert_model::parallel`).
+        let parts = parallel::map_parts(device, chunk, |part| -> Result<(f64, Vec<Vec<f32>>)> {
+            let items = part.iter().map(|&i| examples[i].clone()).collect();
+            let step = model.forward_classification(batcher.batch(items, device));
+            let loss = step.loss.into_scalar::<f32>() as f64;
+            Ok((loss * part.len() as f64, logits_rows(step.logits)?))
+        });
+        let mut rows = Vec::with_capacity(chunk.len());
+        for part in parts {
+            let (loss, part_rows) = part?;
+            loss_sum += loss;
+            rows.extend(part_rows);
+        }
+        for (&i, row) in chunk.iter().zip(rows) {
             logits[i] = row;
         }
     }

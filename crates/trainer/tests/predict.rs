@@ -254,3 +254,68 @@ fn predict_with_a_fine_tuned_hf_classifier() {
     let e = String::from_utf8_lossy(&out.stderr);
     assert!(e.contains("no classification head"), "{e}");
 }
+
+/// A batch split by rows across cores (`bert_model::parallel`; three threads force three
+/// parts of 14, 14 and 12 texts) scores and evaluates every text as one text at a time does,
+/// in input order.
+#[test]
+fn batches_split_across_cores_match_one_text_at_a_time() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let run = trained_run(dir);
+    // Texts of many lengths, so each part pads to its own longest.
+    let mut input = String::from("title\n");
+    for i in 0..40 {
+        input.push_str(&format!("{}第{i}个秘密\n", "震惊！".repeat(i % 5)));
+    }
+    std::fs::write(dir.join("in.csv"), &input).unwrap();
+    let threads = [("RAYON_NUM_THREADS", "3")];
+    let scored = |batch: &str, out: &str| {
+        let args = [
+            "predict",
+            "--run",
+            run,
+            "--input",
+            "in.csv",
+            "--output",
+            out,
+            "--batch-size",
+            batch,
+        ];
+        ok(&trainer_env(dir, &args, &threads));
+        let mut reader = csv::Reader::from_path(dir.join(out)).unwrap();
+        let rows: Vec<(String, String, f64)> = reader
+            .records()
+            .map(|r| {
+                let r = r.unwrap();
+                (r[0].to_string(), r[1].to_string(), r[3].parse().unwrap())
+            })
+            .collect();
+        rows
+    };
+    let split = scored("64", "split.csv");
+    let single = scored("1", "single.csv");
+    assert_eq!(split.len(), 40);
+    for (a, b) in split.iter().zip(&single) {
+        assert_eq!((&a.0, &a.1), (&b.0, &b.1));
+        assert!((a.2 - b.2).abs() < 1e-5, "{a:?} vs {b:?}");
+    }
+
+    let eval = |batch: &str| {
+        let args = ["eval", "--run", run, "--data", "in_labelled.csv", "--json"];
+        let args = [&args[..], &["--batch-size", batch]].concat();
+        ok_json(&trainer_env(dir, &args, &threads))
+    };
+    let mut labelled = String::from("title,label\n");
+    for (i, line) in input.lines().skip(1).enumerate() {
+        labelled.push_str(&format!("{line},{}\n", ["标题党", "非标题党"][i % 2]));
+    }
+    std::fs::write(dir.join("in_labelled.csv"), labelled).unwrap();
+    let (split, single) = (eval("64"), eval("1"));
+    let loss = |v: &Value| v["loss"].as_f64().unwrap();
+    assert!(
+        (loss(&split) - loss(&single)).abs() < 1e-5,
+        "{split} vs {single}"
+    );
+    assert_eq!(split["accuracy"], single["accuracy"]);
+}

@@ -502,12 +502,14 @@ unsafe fn gemm_into(
         }
         return;
     }
-    let parallelism =
-        if m >= PARALLEL_MIN_ROWS && m.saturating_mul(n).saturating_mul(k) >= PARALLEL_THRESHOLD {
-            gemm::Parallelism::Rayon(0)
-        } else {
-            gemm::Parallelism::None
-        };
+    let parallelism = if !crate::parallel::one_thread()
+        && m >= PARALLEL_MIN_ROWS
+        && m.saturating_mul(n).saturating_mul(k) >= PARALLEL_THRESHOLD
+    {
+        gemm::Parallelism::Rayon(0)
+    } else {
+        gemm::Parallelism::None
+    };
     // SAFETY: forwarded from the caller.
     unsafe {
         gemm::gemm::<f32>(
