@@ -6,7 +6,8 @@ use std::path::PathBuf;
 use anyhow::{Context, Result, bail};
 use bert_model::pooling::{Pooling, pool};
 use bert_model::tokenizer::pad_batch;
-use bert_model::{BertExtras, DEFAULT_MODEL, Pretrained};
+use bert_model::{BertExtras, DEFAULT_MODEL, Pretrained, parallel};
+use burn::prelude::Device;
 use burn::tensor::TensorData;
 use clap::Args;
 
@@ -58,22 +59,39 @@ pub fn run(args: EmbedArgs) -> Result<()> {
     let stdout = std::io::stdout();
     let mut out = BufWriter::new(stdout.lock());
     for chunk in texts.chunks(args.batch_size.max(1)) {
-        let refs: Vec<&str> = chunk.iter().map(String::as_str).collect();
-        let encoded = pretrained.tokenizer.encode_batch(&refs)?;
-        let input = pad_batch(&encoded, pretrained.tokenizer.pad_id(), &device);
-        let mask = input.attention_mask.clone();
-        let output = pretrained.model().forward(input, &BertExtras::default());
-        let pooled = pool(&output, mask, args.pooling).expect("pooler checked above");
-        let [batch, size] = pooled.dims();
-        let values = into_f32(pooled.into_data())?;
-        for (i, text) in chunk.iter().enumerate().take(batch) {
-            let embedding = &values[i * size..(i + 1) * size];
-            let line = EmbeddingLine { text, embedding };
+        // On the host each part of the batch runs on its own core (`bert_model::parallel`).
+        let parts = parallel::map_parts(&device, chunk, |part| {
+            embed(&pretrained, part, args.pooling, &device)
+        });
+        let rows = parts.into_iter().collect::<Result<Vec<_>>>()?;
+        for (text, embedding) in chunk.iter().zip(rows.into_iter().flatten()) {
+            let line = EmbeddingLine {
+                text,
+                embedding: &embedding,
+            };
             writeln!(out, "{}", serde_json::to_string(&line)?)?;
         }
     }
     out.flush()?;
     Ok(())
+}
+
+/// The pooled embeddings of `texts`, one row each.
+fn embed(
+    pretrained: &Pretrained,
+    texts: &[String],
+    pooling: Pooling,
+    device: &Device,
+) -> Result<Vec<Vec<f32>>> {
+    let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
+    let encoded = pretrained.tokenizer.encode_batch(&refs)?;
+    let input = pad_batch(&encoded, pretrained.tokenizer.pad_id(), device);
+    let mask = input.attention_mask.clone();
+    let output = pretrained.model().forward(input, &BertExtras::default());
+    let pooled = pool(&output, mask, pooling).context("the checkpoint has no pooler weights")?;
+    let [_, size] = pooled.dims();
+    let values = into_f32(pooled.into_data())?;
+    Ok(values.chunks(size.max(1)).map(<[f32]>::to_vec).collect())
 }
 
 fn into_f32(data: TensorData) -> Result<Vec<f32>> {
