@@ -67,6 +67,15 @@ pub fn map_parts<T: Sync, R: Send>(
         .collect()
 }
 
+/// [`map_parts`] for a fallible `f`: the results in the items' order, or the first part's error.
+pub fn try_map_parts<T: Sync, R: Send, E: Send>(
+    device: &Device,
+    items: &[T],
+    f: impl Fn(&[T]) -> Result<R, E> + Sync,
+) -> Result<Vec<R>, E> {
+    map_parts(device, items, f).into_iter().collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -82,6 +91,14 @@ mod tests {
         assert_eq!(out.len(), expected);
         assert!(out.iter().all(|(_, one)| *one == (expected > 1)));
         assert!(!one_thread(), "the flag is restored");
+        let failing = |part: &[usize]| {
+            if part.contains(&30) {
+                Err(30)
+            } else {
+                Ok(part.len())
+            }
+        };
+        assert_eq!(try_map_parts(&device, &items, failing), Err(30));
     }
 
     #[test]

@@ -256,7 +256,7 @@ impl Classifier {
         let mut done = 0;
         for chunk in order.chunks(batch_size.max(1)) {
             // On the host each part of the batch runs on its own core (`bert_model::parallel`).
-            let parts = parallel::map_parts(device, chunk, |part| {
+            let parts = parallel::try_map_parts(device, chunk, |part| -> Result<_> {
                 let mut items: Vec<Encoded> = part.iter().map(|&i| encoded[i].clone()).collect();
                 let longest = items.iter().map(Encoded::len).max().unwrap_or(0);
                 // Rows added to fill a bucket are empty texts; their logits are dropped.
@@ -265,13 +265,8 @@ impl Classifier {
                 let mut rows = logits_rows(self.model.forward(input))?;
                 rows.truncate(part.len());
                 Ok(rows)
-            });
-            let rows = parts
-                .into_iter()
-                .collect::<Result<Vec<_>>>()?
-                .into_iter()
-                .flatten();
-            for (&i, row) in chunk.iter().zip(rows) {
+            })?;
+            for (&i, row) in chunk.iter().zip(parts.into_iter().flatten()) {
                 out[i] = softmax(&row, self.temperature);
             }
             done += chunk.len();

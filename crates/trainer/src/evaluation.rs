@@ -118,15 +118,14 @@ pub fn evaluate(
     order.sort_by_key(|&i| examples[i].encoded.len());
     for chunk in order.chunks(batch_size.max(1)) {
         // On the host each part of the batch runs on its own core (`bert_model::parallel`).
-        let parts = parallel::map_parts(device, chunk, |part| -> Result<(f64, Vec<Vec<f32>>)> {
+        let parts = parallel::try_map_parts(device, chunk, |part| -> Result<_> {
             let items = part.iter().map(|&i| examples[i].clone()).collect();
             let step = model.forward_classification(batcher.batch(items, device));
             let loss = step.loss.into_scalar::<f32>() as f64;
             Ok((loss * part.len() as f64, logits_rows(step.logits)?))
-        });
+        })?;
         let mut rows = Vec::with_capacity(chunk.len());
-        for part in parts {
-            let (loss, part_rows) = part?;
+        for (loss, part_rows) in parts {
             loss_sum += loss;
             rows.extend(part_rows);
         }

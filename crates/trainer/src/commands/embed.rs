@@ -60,10 +60,9 @@ pub fn run(args: EmbedArgs) -> Result<()> {
     let mut out = BufWriter::new(stdout.lock());
     for chunk in texts.chunks(args.batch_size.max(1)) {
         // On the host each part of the batch runs on its own core (`bert_model::parallel`).
-        let parts = parallel::map_parts(&device, chunk, |part| {
+        let rows = parallel::try_map_parts(&device, chunk, |part| {
             embed(&pretrained, part, args.pooling, &device)
-        });
-        let rows = parts.into_iter().collect::<Result<Vec<_>>>()?;
+        })?;
         for (text, embedding) in chunk.iter().zip(rows.into_iter().flatten()) {
             let line = EmbeddingLine {
                 text,
