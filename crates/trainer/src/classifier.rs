@@ -262,7 +262,7 @@ impl Classifier {
                 // Rows added to fill a bucket are empty texts; their logits are dropped.
                 items.resize(shapes.rows(items.len()), Encoded::default());
                 let input = pad_batch_to(&items, pad_id, shapes.len(longest), device);
-                let mut rows = logits_rows(self.model.forward(input))?;
+                let mut rows = rows_on_host(self.model.forward(input))?;
                 rows.truncate(part.len());
                 Ok(rows)
             })?;
@@ -354,14 +354,14 @@ fn head_labels(
     Ok(labels)
 }
 
-/// Logits `[n, k]` as rows on the host.
-pub fn logits_rows(logits: Tensor<2>) -> Result<Vec<Vec<f32>>> {
-    let [_, k] = logits.dims();
-    let values: Vec<f32> = logits
+/// A `[n, k]` tensor (logits, embeddings) as rows on the host.
+pub fn rows_on_host(tensor: Tensor<2>) -> Result<Vec<Vec<f32>>> {
+    let [_, k] = tensor.dims();
+    let values: Vec<f32> = tensor
         .into_data()
         .convert::<f32>()
         .try_to_vec::<f32>()
-        .map_err(|e| anyhow::anyhow!("reading logits back: {e:?}"))?;
+        .map_err(|e| anyhow::anyhow!("reading a tensor back: {e:?}"))?;
     Ok(values.chunks(k.max(1)).map(<[f32]>::to_vec).collect())
 }
 

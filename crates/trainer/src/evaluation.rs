@@ -11,7 +11,7 @@ use burn::data::dataloader::batcher::Batcher;
 use burn::prelude::*;
 
 use crate::calibration::{ECE_BINS, brier, expected_calibration_error, softmax};
-use crate::classifier::{Classifier, argmax, logits_rows};
+use crate::classifier::{Classifier, argmax, rows_on_host};
 use crate::metrics::Confusion;
 
 /// Figures of one evaluation.
@@ -122,7 +122,7 @@ pub fn evaluate(
             let items = part.iter().map(|&i| examples[i].clone()).collect();
             let step = model.forward_classification(batcher.batch(items, device));
             let loss = step.loss.into_scalar::<f32>() as f64;
-            Ok((loss * part.len() as f64, logits_rows(step.logits)?))
+            Ok((loss * part.len() as f64, rows_on_host(step.logits)?))
         })?;
         let mut rows = Vec::with_capacity(chunk.len());
         for (loss, part_rows) in parts {

@@ -284,14 +284,13 @@ fn batches_split_across_cores_match_one_text_at_a_time() {
         ];
         ok(&trainer_env(dir, &args, &threads));
         let mut reader = csv::Reader::from_path(dir.join(out)).unwrap();
-        let rows: Vec<(String, String, f64)> = reader
+        reader
             .records()
             .map(|r| {
                 let r = r.unwrap();
                 (r[0].to_string(), r[1].to_string(), r[3].parse().unwrap())
             })
-            .collect();
-        rows
+            .collect::<Vec<(String, String, f64)>>()
     };
     let split = scored("64", "split.csv");
     let single = scored("1", "single.csv");

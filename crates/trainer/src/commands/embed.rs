@@ -8,9 +8,9 @@ use bert_model::pooling::{Pooling, pool};
 use bert_model::tokenizer::pad_batch;
 use bert_model::{BertExtras, DEFAULT_MODEL, Pretrained, parallel};
 use burn::prelude::Device;
-use burn::tensor::TensorData;
 use clap::Args;
 
+use crate::classifier::rows_on_host;
 use crate::device::device;
 
 #[derive(Args, Debug)]
@@ -88,15 +88,7 @@ fn embed(
     let mask = input.attention_mask.clone();
     let output = pretrained.model().forward(input, &BertExtras::default());
     let pooled = pool(&output, mask, pooling).context("the checkpoint has no pooler weights")?;
-    let [_, size] = pooled.dims();
-    let values = into_f32(pooled.into_data())?;
-    Ok(values.chunks(size.max(1)).map(<[f32]>::to_vec).collect())
-}
-
-fn into_f32(data: TensorData) -> Result<Vec<f32>> {
-    data.convert::<f32>()
-        .try_to_vec::<f32>()
-        .map_err(|e| anyhow::anyhow!("cannot read tensor data: {e:?}"))
+    rows_on_host(pooled)
 }
 
 fn read_texts(args: &EmbedArgs) -> Result<Vec<String>> {
