@@ -53,7 +53,8 @@ pub fn normalize_label(label: &str) -> String {
 impl Table {
     /// Reads `path`; `require_label` makes a missing label column (or empty label) an error.
     pub fn read(path: &Path, columns: &CsvColumns, require_label: bool) -> Result<Self> {
-        let bytes = std::fs::read(path).map_err(|e| DataError::io(path, e))?;
+        let bytes = bert_model::fsutil::read_limited(path, bert_model::fsutil::MAX_DATA_FILE)
+            .map_err(|e| DataError::io(path, e))?;
         Self::parse(path, &bytes, columns, require_label)
     }
 

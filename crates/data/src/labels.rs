@@ -8,6 +8,10 @@ use std::path::Path;
 use crate::csv::{Table, normalize_label};
 use crate::error::{DataError, Result};
 
+/// Most labels a classifier may have: the head grows with them, and a label column that holds
+/// free text (the wrong column chosen) is caught here instead of building a huge head.
+pub const MAX_LABELS: usize = 10_000;
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LabelMap {
     labels: Vec<String>,
@@ -15,6 +19,9 @@ pub struct LabelMap {
 
 impl LabelMap {
     pub fn new(labels: Vec<String>) -> Result<Self> {
+        if labels.len() > MAX_LABELS {
+            return Err(too_many_labels());
+        }
         let labels: Vec<String> = labels.iter().map(|l| normalize_label(l)).collect();
         if labels.len() < 2 {
             return Err(DataError::Other(format!(
@@ -22,11 +29,12 @@ impl LabelMap {
                 labels.len()
             )));
         }
+        let mut seen = std::collections::HashMap::new();
         for (i, l) in labels.iter().enumerate() {
             if l.is_empty() {
                 return Err(DataError::Other(format!("label {i} is empty")));
             }
-            if let Some(j) = labels[..i].iter().position(|x| x == l) {
+            if let Some(j) = seen.insert(l.as_str(), i) {
                 return Err(DataError::Other(format!(
                     "label `{l}` appears twice (indices {j} and {i})"
                 )));
@@ -46,7 +54,8 @@ impl LabelMap {
     /// Reads a label file. Blank lines at the end are ignored; a blank line in the middle is an
     /// error because it would shift every index after it.
     pub fn read(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path).map_err(|e| DataError::io(path, e))?;
+        let text = bert_model::fsutil::read_text_limited(path, bert_model::fsutil::MAX_SMALL_FILE)
+            .map_err(|e| DataError::io(path, e))?;
         let text = text.strip_prefix('\u{feff}').unwrap_or(&text);
         let lines: Vec<&str> = text.lines().collect();
         let last = lines.iter().rposition(|l| !l.trim().is_empty());
@@ -65,10 +74,14 @@ impl LabelMap {
     /// The labels of `table` in first-seen order (used when no label file is given).
     pub fn from_table(table: &Table) -> Result<Self> {
         let mut labels: Vec<String> = Vec::new();
+        let mut seen = std::collections::HashSet::new();
         for row in &table.rows {
             if let Some(l) = &row.label
-                && !labels.contains(l)
+                && seen.insert(l.as_str())
             {
+                if labels.len() == MAX_LABELS {
+                    return Err(DataError::file(&table.path, too_many_labels().to_string()));
+                }
                 labels.push(l.clone());
             }
         }
@@ -123,6 +136,12 @@ impl LabelMap {
             })
             .collect()
     }
+}
+
+fn too_many_labels() -> DataError {
+    DataError::Other(format!(
+        "more than {MAX_LABELS} distinct labels: is the label column the right one?"
+    ))
 }
 
 #[cfg(test)]

@@ -79,7 +79,7 @@ fn default_position_embedding_type() -> String {
 impl BertConfig {
     /// Reads and validates `config.json`; every error names the file.
     pub fn from_file(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path).map_err(|e| ModelError::io(path, e))?;
+        let text = crate::fsutil::read_small_text(path)?;
         let config: Self = serde_json::from_str(&text).map_err(|e| ModelError::Config {
             path: path.to_path_buf(),
             message: e.to_string(),

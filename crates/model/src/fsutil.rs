@@ -15,6 +15,58 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     file.persist()
 }
 
+/// Largest small file read whole: recipes, JSON sidecars, label lists, tokenizer files.
+pub const MAX_SMALL_FILE: u64 = 64 << 20;
+/// Largest data file read whole: training CSVs, `embed --input`.
+pub const MAX_DATA_FILE: u64 = 2 << 30;
+
+/// Reads at most `limit` bytes of `path`: a larger file (or a device such as `/dev/zero`, or
+/// an endless pipe) is an error before it can exhaust memory.
+pub fn read_limited(path: &Path, limit: u64) -> std::io::Result<Vec<u8>> {
+    use std::io::Read;
+    let file = std::fs::File::open(path)?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::FileTypeExt;
+        let kind = file.metadata()?.file_type();
+        if kind.is_char_device() || kind.is_block_device() {
+            return Err(std::io::Error::other("a device, not a file"));
+        }
+    }
+    let mut bytes = Vec::new();
+    file.take(limit.saturating_add(1)).read_to_end(&mut bytes)?;
+    if bytes.len() as u64 > limit {
+        return Err(std::io::Error::other(format!(
+            "larger than {} (not a file this program reads whole)",
+            human_bytes(limit)
+        )));
+    }
+    Ok(bytes)
+}
+
+/// [`read_limited`] as UTF-8 text.
+pub fn read_text_limited(path: &Path, limit: u64) -> std::io::Result<String> {
+    String::from_utf8(read_limited(path, limit)?).map_err(|e| {
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("invalid UTF-8 at byte {}", e.utf8_error().valid_up_to()),
+        )
+    })
+}
+
+/// [`read_text_limited`] with [`MAX_SMALL_FILE`], the error naming the file.
+pub fn read_small_text(path: &Path) -> Result<String> {
+    read_text_limited(path, MAX_SMALL_FILE).map_err(|e| ModelError::io(path, e))
+}
+
+fn human_bytes(n: u64) -> String {
+    match n {
+        n if n >= 1 << 30 && n % (1 << 30) == 0 => format!("{} GiB", n >> 30),
+        n if n >= 1 << 20 && n % (1 << 20) == 0 => format!("{} MiB", n >> 20),
+        n => format!("{n} bytes"),
+    }
+}
+
 /// The directory a file at `path` goes in (`.` for a bare file name).
 fn parent_dir(path: &Path) -> &Path {
     match path.parent() {
@@ -26,15 +78,47 @@ fn parent_dir(path: &Path) -> &Path {
 /// A file written in place of `path` all at once: until [`AtomicFile::persist`] it has no name
 /// on Linux (an `O_TMPFILE`, which vanishes if the process is killed), elsewhere a hidden temp
 /// file beside `path`. Created with the usual `0666 & ~umask` permissions, like `File::create`.
+///
+/// Only regular files are replaced. A path that is something else (`/dev/null`, `/dev/stdout`,
+/// a FIFO) is written directly, as a shell redirect would, and a symbolic link to a regular
+/// file replaces the file it points to, not the link.
 pub struct AtomicFile {
     file: std::fs::File,
     path: std::path::PathBuf,
     /// The temp file's name where the platform needs one.
     named: Option<std::path::PathBuf>,
+    /// Written in place: `path` is not a regular file.
+    direct: bool,
 }
 
 impl AtomicFile {
     pub fn create(path: &Path) -> Result<Self> {
+        match std::fs::metadata(path) {
+            Ok(meta) if !meta.is_file() => return Self::direct(path),
+            Ok(_) if path.is_symlink() => {
+                let target = std::fs::canonicalize(path).map_err(|e| ModelError::io(path, e))?;
+                return Self::replacing(&target);
+            }
+            _ => {}
+        }
+        Self::replacing(path)
+    }
+
+    /// Writes straight into a path that is not a regular file (a device, a FIFO, a terminal).
+    fn direct(path: &Path) -> Result<Self> {
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .open(path)
+            .map_err(|e| ModelError::io(path, e))?;
+        Ok(Self {
+            file,
+            path: path.to_path_buf(),
+            named: None,
+            direct: true,
+        })
+    }
+
+    fn replacing(path: &Path) -> Result<Self> {
         let dir = parent_dir(path);
         std::fs::create_dir_all(dir).map_err(|e| ModelError::io(dir, e))?;
         #[cfg(target_os = "linux")]
@@ -50,6 +134,7 @@ impl AtomicFile {
                     file,
                     path: path.to_path_buf(),
                     named: None,
+                    direct: false,
                 });
             }
         }
@@ -64,6 +149,7 @@ impl AtomicFile {
             file,
             path: path.to_path_buf(),
             named: Some(tmp),
+            direct: false,
         })
     }
 
@@ -74,6 +160,10 @@ impl AtomicFile {
     /// Flushes to disk and gives the file its name, replacing any file there.
     pub fn persist(self) -> Result<()> {
         let path = self.path.clone();
+        if self.direct {
+            // Devices and pipes have nothing to sync or rename; their writes are done.
+            return Ok(());
+        }
         self.file.sync_all().map_err(|e| ModelError::io(&path, e))?;
         let tmp = match &self.named {
             Some(tmp) => tmp.clone(),
@@ -169,5 +259,55 @@ mod tests {
         }
         let names: Vec<_> = std::fs::read_dir(tmp.path()).unwrap().collect();
         assert_eq!(names.len(), 1);
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn special_files_are_written_not_replaced() {
+        use std::os::unix::fs::FileTypeExt;
+        let tmp = tempfile::tempdir().unwrap();
+        // /dev/null stays a device.
+        write_atomic(Path::new("/dev/null"), b"gone").unwrap();
+        assert!(
+            std::fs::metadata("/dev/null")
+                .unwrap()
+                .file_type()
+                .is_char_device()
+        );
+        // A FIFO stays a FIFO and its reader gets the bytes.
+        let fifo = tmp.path().join("fifo");
+        let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+        // SAFETY: a valid NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        let reader = {
+            let fifo = fifo.clone();
+            std::thread::spawn(move || std::fs::read(fifo).unwrap())
+        };
+        write_atomic(&fifo, b"through").unwrap();
+        assert_eq!(reader.join().unwrap(), b"through");
+        assert!(std::fs::metadata(&fifo).unwrap().file_type().is_fifo());
+        // A link to a regular file: the file gets the new content, the link stays a link.
+        let real = tmp.path().join("real.csv");
+        std::fs::write(&real, "old").unwrap();
+        let link = tmp.path().join("link.csv");
+        std::os::unix::fs::symlink(&real, &link).unwrap();
+        write_atomic(&link, b"new").unwrap();
+        assert!(link.is_symlink());
+        assert_eq!(std::fs::read_to_string(&real).unwrap(), "new");
+    }
+
+    #[test]
+    fn reads_are_bounded() {
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("f");
+        std::fs::write(&path, b"12345").unwrap();
+        assert_eq!(read_limited(&path, 5).unwrap(), b"12345");
+        let err = read_limited(&path, 4).unwrap_err().to_string();
+        assert!(err.contains("larger than 4 bytes"), "{err}");
+        #[cfg(unix)]
+        {
+            let err = read_limited(Path::new("/dev/zero"), 1 << 20).unwrap_err();
+            assert!(err.to_string().contains("device"), "{err}");
+        }
     }
 }

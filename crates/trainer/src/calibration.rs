@@ -13,6 +13,11 @@ use std::path::Path;
 use anyhow::{Context, Result, bail};
 use serde::{Deserialize, Serialize};
 
+/// The temperatures a fit can reach, and so the ones a `calibration.json` may hold: beyond
+/// them the probabilities are all but one-hot or all but uniform, and at the extremes they
+/// overflow to NaN.
+pub const TEMPERATURES: (f64, f64) = (0.05, 20.0);
+
 /// The bins of [`expected_calibration_error`].
 pub const ECE_BINS: usize = 10;
 
@@ -57,13 +62,13 @@ impl Calibration {
         if !path.is_file() {
             return Ok(None);
         }
-        let text = std::fs::read_to_string(path)
-            .with_context(|| format!("cannot read {}", path.display()))?;
+        let text = bert_model::fsutil::read_small_text(path)?;
         let c: Self = serde_json::from_str(&text)
             .with_context(|| format!("{}: not a calibration file", path.display()))?;
-        if !(c.temperature.is_finite() && c.temperature > 0.0) {
+        let (lo, hi) = TEMPERATURES;
+        if !(lo..=hi).contains(&c.temperature) {
             bail!(
-                "{}: temperature must be a positive number, got {}",
+                "{}: temperature must be between {lo} and {hi} (the range `train` fits in), got {}",
                 path.display(),
                 c.temperature
             );
@@ -106,7 +111,8 @@ pub fn nll(logits: &[Vec<f32>], targets: &[usize], temperature: f64) -> f64 {
 /// inverse, in which the NLL is convex (a log-sum-exp of linear functions plus a linear term).
 pub fn fit_temperature(logits: &[Vec<f32>], targets: &[usize]) -> f64 {
     let f = |beta: f64| nll(logits, targets, 1.0 / beta);
-    let (mut lo, mut hi) = (0.05f64, 20.0f64);
+    // Golden-section search over beta = 1 / T, within [`TEMPERATURES`].
+    let (mut lo, mut hi) = (1.0 / TEMPERATURES.1, 1.0 / TEMPERATURES.0);
     let g = (5f64.sqrt() - 1.0) / 2.0;
     let (mut a, mut b) = (hi - g * (hi - lo), lo + g * (hi - lo));
     let (mut fa, mut fb) = (f(a), f(b));

@@ -57,8 +57,7 @@ impl Classifier {
                 dir.display()
             );
         }
-        let text = std::fs::read_to_string(run.config())
-            .with_context(|| format!("cannot read {}", run.config().display()))?;
+        let text = bert_model::fsutil::read_small_text(&run.config())?;
         toml::from_str(&text)
             .with_context(|| format!("{}: invalid run config", run.config().display()))
     }
@@ -69,6 +68,7 @@ impl Classifier {
         let run = RunDir::new(dir);
         let config = Self::read_config(dir)?;
         let labels = LabelMap::read(&run.labels())?;
+        check_recipe_matches_adapter(&run, &config.peft)?;
         let adapter = run.adapter();
         if !adapter.is_file() {
             bail!(
@@ -80,6 +80,8 @@ impl Classifier {
         let model = build_model(pretrained, &config, labels.len(), device)?;
         let trained = Checkpoint::read(&adapter)?;
         let tensors = upgrade_keys(&config.peft, trained.tensors);
+        check_complete(&model, &config.peft, &tensors)
+            .with_context(|| format!("{}", adapter.display()))?;
         let model = params::apply(model, &tensors)
             .map_err(|e| anyhow::anyhow!("{}: does not fit the model: {e}", adapter.display()))?
             // Inference only from here: weight updates folded in cost nothing extra.
@@ -194,7 +196,11 @@ impl Classifier {
             num_labels,
             device,
         )?;
-        Ok(Self::without_run(&pretrained, source, peft, labels, model))
+        let threshold = exported_threshold(&pretrained.dir.config, &labels)?;
+        Ok(Self {
+            threshold,
+            ..Self::without_run(&pretrained, source, peft, labels, model)
+        })
     }
 
     /// A classifier that no run directory describes: its recipe is the defaults plus what is
@@ -311,6 +317,32 @@ impl BatchShapes {
     }
 }
 
+/// The key of `config.json` where `trainer export` keeps a run's decision threshold.
+pub const THRESHOLD_KEY: &str = "decision_threshold";
+
+/// The decision threshold an exported model carries in its `config.json`, checked as a run's
+/// `threshold.json` is.
+fn exported_threshold(config: &Path, labels: &LabelMap) -> Result<Option<(usize, Threshold)>> {
+    let text = bert_model::fsutil::read_small_text(config)?;
+    let value: serde_json::Value =
+        serde_json::from_str(&text).with_context(|| format!("{}: not JSON", config.display()))?;
+    let Some(field) = value.get(THRESHOLD_KEY) else {
+        return Ok(None);
+    };
+    let t: Threshold = serde_json::from_value(field.clone())
+        .with_context(|| format!("{}: `{THRESHOLD_KEY}`", config.display()))?;
+    t.check()
+        .with_context(|| format!("{}: `{THRESHOLD_KEY}`", config.display()))?;
+    let i = labels.index(&t.label).ok_or_else(|| {
+        anyhow::anyhow!(
+            "{}: `{THRESHOLD_KEY}` names label `{}`, not one of the model's labels",
+            config.display(),
+            t.label
+        )
+    })?;
+    Ok(Some((i, t)))
+}
+
 /// Renames keys that an older version of the method named otherwise.
 fn upgrade_keys(
     peft: &PeftConfig,
@@ -320,6 +352,82 @@ fn upgrade_keys(
         .into_iter()
         .map(|(k, v)| (peft.method().upgrade_key(&k).unwrap_or(k), v))
         .collect()
+}
+
+/// A run records its method's settings twice: in `config.toml` and in its peft adapter's
+/// `adapter_config.json`. The trained tensors only mean something under the settings they
+/// were trained with, so a hand edit of one (`lora_alpha`, `r`, ...) is refused, naming both.
+fn check_recipe_matches_adapter(run: &RunDir, peft: &PeftConfig) -> Result<()> {
+    let path = run.peft_adapter().join("adapter_config.json");
+    if !path.is_file() {
+        return Ok(());
+    }
+    let text = bert_model::fsutil::read_small_text(&path)?;
+    let recorded: serde_json::Value =
+        serde_json::from_str(&text).with_context(|| format!("{}: not JSON", path.display()))?;
+    let ours = serde_json::to_value(peft)?;
+    let (Some(ours), Some(recorded)) = (ours.as_object(), recorded.as_object()) else {
+        return Ok(());
+    };
+    for (key, value) in ours {
+        if let Some(theirs) = recorded.get(key)
+            && !same_setting(value, theirs)
+        {
+            bail!(
+                "{}: peft.{key} is {value}, but the run's adapter was trained with {theirs} ({}); \
+                 the files disagree (edited by hand?)",
+                run.config().display(),
+                path.display()
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Whether two spellings of one setting agree: numbers by value, names without regard to case
+/// (`lstm` / `LSTM`), lists as sets; what either side leaves unset is not compared.
+fn same_setting(a: &serde_json::Value, b: &serde_json::Value) -> bool {
+    use serde_json::Value;
+    match (a, b) {
+        (Value::Null, _) | (_, Value::Null) => true,
+        (Value::Number(x), Value::Number(y)) => match (x.as_f64(), y.as_f64()) {
+            (Some(x), Some(y)) => (x - y).abs() <= 1e-9 * x.abs().max(y.abs()).max(1.0),
+            _ => x == y,
+        },
+        (Value::String(x), Value::String(y)) => x.eq_ignore_ascii_case(y),
+        (Value::Array(x), Value::Array(y)) => {
+            let set = |v: &[Value]| {
+                let mut names: Vec<String> =
+                    v.iter().map(|e| e.to_string().to_lowercase()).collect();
+                names.sort();
+                names
+            };
+            set(x) == set(y)
+        }
+        (Value::Bool(x), Value::Bool(y)) => x == y,
+        _ => true,
+    }
+}
+
+/// The saved parameters cover every one the method trains: a missing one (the head, a LoRA
+/// factor) would otherwise keep its fresh random initialisation and score nonsense.
+fn check_complete(
+    model: &BertClassifier,
+    peft: &PeftConfig,
+    tensors: &BTreeMap<String, bert_model::weights::RawTensor>,
+) -> Result<()> {
+    let missing: Vec<String> = params::shapes(model)
+        .into_keys()
+        .filter(|path| peft.is_trainable(path) && !tensors.contains_key(path))
+        .collect();
+    if let Some(first) = missing.first() {
+        bail!(
+            "{} trained parameter(s) missing, e.g. `{first}`: the file is incomplete or from \
+             another recipe",
+            missing.len()
+        );
+    }
+    Ok(())
 }
 
 /// Every text the tokenizer can produce fits the model's positions after the virtual tokens.
@@ -354,7 +462,9 @@ fn head_labels(
     Ok(labels)
 }
 
-/// A `[n, k]` tensor (logits, embeddings) as rows on the host.
+/// A `[n, k]` tensor (logits, embeddings) as rows on the host. A NaN or infinite value is an
+/// error: it can only come from a broken model (weights, an adapter, a scaling that
+/// overflows), and a score made from it must never be answered as a label.
 pub fn rows_on_host(tensor: Tensor<2>) -> Result<Vec<Vec<f32>>> {
     let [_, k] = tensor.dims();
     let values: Vec<f32> = tensor
@@ -362,6 +472,12 @@ pub fn rows_on_host(tensor: Tensor<2>) -> Result<Vec<Vec<f32>>> {
         .convert::<f32>()
         .try_to_vec::<f32>()
         .map_err(|e| anyhow::anyhow!("reading a tensor back: {e:?}"))?;
+    if values.iter().any(|v| !v.is_finite()) {
+        bail!(
+            "the model computed NaN or infinite outputs: its weights, adapter or method \
+             settings (e.g. a huge lora_alpha) overflow; nothing was scored"
+        );
+    }
     Ok(values.chunks(k.max(1)).map(<[f32]>::to_vec).collect())
 }
 

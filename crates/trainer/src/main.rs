@@ -10,6 +10,7 @@ mod commands;
 mod config;
 mod device;
 mod evaluation;
+mod lines;
 mod metrics;
 mod progress;
 mod renderer;
@@ -79,9 +80,24 @@ enum Command {
     Report(commands::report::ReportArgs),
 }
 
+/// Restores the default action of SIGPIPE, which Rust's runtime ignores: a command whose
+/// stdout is a closed pipe (`trainer eval --json | head -c1`) then ends quietly, as Unix tools
+/// do, instead of panicking on its next `println!`. Not for `serve`, whose sockets must never
+/// end the process.
+fn quiet_on_closed_pipe() {
+    #[cfg(unix)]
+    // SAFETY: sets a signal's disposition to its default, before any other thread exists.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
+}
+
 fn main() -> ExitCode {
     keep_freed_memory();
     let cli = Cli::parse();
+    if !matches!(cli.command, Some(Command::Serve(_))) {
+        quiet_on_closed_pipe();
+    }
     if let Err(e) = device::select(cli.device.as_deref(), cli.precision.as_deref()) {
         eprintln!("error: {e:#}");
         return ExitCode::FAILURE;

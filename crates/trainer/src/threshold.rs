@@ -96,6 +96,14 @@ pub fn default_positive(labels: &[String]) -> Option<usize> {
         })
 }
 
+/// `value` is a probability (0 to 1); `name` is the key or flag it came from.
+pub fn check_probability(name: &str, value: f64) -> Result<()> {
+    if !(0.0..=1.0).contains(&value) {
+        anyhow::bail!("{name} must be between 0 and 1, got {value}");
+    }
+    Ok(())
+}
+
 /// A stored decision rule (`threshold.json` in a run directory).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Threshold {
@@ -115,11 +123,17 @@ impl Threshold {
         if !path.is_file() {
             return Ok(None);
         }
-        let text = std::fs::read_to_string(path)
-            .with_context(|| format!("cannot read {}", path.display()))?;
-        let t = serde_json::from_str(&text)
+        let text = bert_model::fsutil::read_small_text(path)?;
+        let t: Self = serde_json::from_str(&text)
             .with_context(|| format!("{}: not a threshold file", path.display()))?;
+        t.check().with_context(|| path.display().to_string())?;
         Ok(Some(t))
+    }
+
+    /// The threshold and the precision it was chosen for are probabilities.
+    pub fn check(&self) -> Result<()> {
+        check_probability("threshold", self.threshold as f64)?;
+        check_probability("target_precision", self.target_precision)
     }
 
     /// The decided label index for class probabilities `probs`: the positive label when its

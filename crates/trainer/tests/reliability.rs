@@ -88,10 +88,10 @@ fn inputs_that_would_overflow_or_divide_by_zero_are_refused() {
             "--set",
             "peft.method=lora",
             "--set",
-            "peft.r=100000",
+            "peft.r=1000",
         ],
     );
-    one_line_error(&out, &["peft.r = 100000 exceeds the rank"]);
+    one_line_error(&out, &["peft.r = 1000 exceeds the rank"]);
 
     // No rows to train on: a header-only CSV.
     std::fs::write(dir.join("empty.csv"), "title,label\n").unwrap();
@@ -382,4 +382,494 @@ fn predict_output_is_complete_with_normal_permissions_and_trimmed_headers() {
     );
     let line = one_line_error(&out, &["missing"]);
     assert_eq!(line.matches("No such file").count(), 1, "{line}");
+}
+
+/// `predict --model M --adapter peft-lora` on `args`, in `dir`.
+fn predict_lora(dir: &Path, model: &str, adapter: &Path, args: &[&str]) -> std::process::Output {
+    let mut all = vec![
+        "predict",
+        "--model",
+        model,
+        "--adapter",
+        adapter.to_str().unwrap(),
+    ];
+    all.extend_from_slice(args);
+    trainer(dir, &all)
+}
+
+#[test]
+fn a_pypi_model_string_never_reaches_a_build() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    // A source tree whose setup.py leaves a mark if pip ever builds it.
+    let project = dir.join("project");
+    std::fs::create_dir_all(&project).unwrap();
+    let marker = dir.join("ran");
+    std::fs::write(
+        project.join("setup.py"),
+        format!("open({:?}, 'w').write('x')\n", marker.to_str().unwrap()),
+    )
+    .unwrap();
+    let spec = format!("pypi:x==/../..{}", project.display());
+    let out = trainer(dir, &["predict", "--model", &spec, "hi"]);
+    one_line_error(&out, &["not a version number"]);
+    let out = trainer(dir, &["predict", "--model", "pypi:..", "hi"]);
+    one_line_error(&out, &["pypi:NAME"]);
+
+    // The same string in a run's recipe.
+    write_data(dir);
+    ok(&trainer(
+        dir,
+        &[
+            "train",
+            "--config",
+            "tiny.toml",
+            "--set",
+            "train.epochs=1",
+            "--run-dir",
+            "r",
+        ],
+    ));
+    let config = dir.join("r/config.toml");
+    let text: String = std::fs::read_to_string(&config)
+        .unwrap()
+        .lines()
+        .map(|l| match l.starts_with("source = ") {
+            true => format!("source = {spec:?}\n"),
+            false => format!("{l}\n"),
+        })
+        .collect();
+    assert!(text.contains("pypi:x=="), "{text}");
+    std::fs::write(&config, text).unwrap();
+    let out = trainer(dir, &["predict", "--run", "r", "hi"]);
+    one_line_error(&out, &["not a version number"]);
+    assert!(!marker.exists(), "pip built the directory");
+}
+
+#[cfg(unix)]
+#[test]
+fn outputs_to_special_files_write_through_them() {
+    use std::os::unix::fs::FileTypeExt;
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let model = tiny();
+    let adapter = fixtures().join("peft-lora");
+    std::fs::write(dir.join("in.csv"), "title\n标题一\n标题二\n").unwrap();
+    let score_into = |output: &str| {
+        predict_lora(
+            dir,
+            &model,
+            &adapter,
+            &["--input", "in.csv", "--output", output],
+        )
+    };
+    // /dev/null stays a device (as root, a rename would have replaced it).
+    ok(&score_into("/dev/null"));
+    assert!(
+        std::fs::metadata("/dev/null")
+            .unwrap()
+            .file_type()
+            .is_char_device()
+    );
+
+    // A FIFO stays a FIFO, and its reader gets the CSV.
+    let fifo = dir.join("fifo");
+    assert!(
+        std::process::Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .unwrap()
+            .success()
+    );
+    let reader = {
+        let fifo = fifo.clone();
+        std::thread::spawn(move || std::fs::read_to_string(fifo).unwrap())
+    };
+    ok(&score_into(fifo.to_str().unwrap()));
+    let csv = reader.join().unwrap();
+    assert_eq!(csv.lines().count(), 3, "{csv}");
+    assert!(std::fs::metadata(&fifo).unwrap().file_type().is_fifo());
+
+    // A link to a file: the file gets the rows, the link stays.
+    std::fs::write(dir.join("real.csv"), "old").unwrap();
+    std::os::unix::fs::symlink(dir.join("real.csv"), dir.join("link.csv")).unwrap();
+    ok(&score_into("link.csv"));
+    assert!(dir.join("link.csv").is_symlink());
+    assert_eq!(
+        std::fs::read_to_string(dir.join("real.csv"))
+            .unwrap()
+            .lines()
+            .count(),
+        3
+    );
+}
+
+#[cfg(unix)]
+#[test]
+fn a_closed_stdout_ends_quietly() {
+    use std::os::unix::process::ExitStatusExt;
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    write_data(dir);
+    let adapter = fixtures().join("peft-lora");
+    let model = tiny();
+    // `trainer eval ... --json | true`: the reader is gone before anything is written.
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_trainer"))
+        .args([
+            "eval",
+            "--model",
+            &model,
+            "--adapter",
+            adapter.to_str().unwrap(),
+            "--labels",
+            "labels.txt",
+            "--data",
+            "zh.csv",
+            "--json",
+        ])
+        .current_dir(dir)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    // Ended by SIGPIPE, as `yes | true` is.
+    assert_eq!(out.status.signal(), Some(13), "{:?}: {stderr}", out.status);
+}
+
+#[test]
+fn non_finite_weights_and_scores_are_never_answered() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let model = tiny();
+
+    // A NaN in the base weights.
+    let nan_model = copy_model(&dir.join("nan-model"));
+    let path = nan_model.join("model.safetensors");
+    let mut tensors = Checkpoint::read(&path).unwrap().tensors;
+    let key = tensors
+        .keys()
+        .find(|k| k.contains("word_embeddings"))
+        .unwrap()
+        .clone();
+    tensors.get_mut(&key).unwrap().data[5] = f32::NAN;
+    write_safetensors(&path, &tensors, None).unwrap();
+    let out = trainer(dir, &["embed", "--model", nan_model.to_str().unwrap(), "x"]);
+    one_line_error(&out, &["model.safetensors", "NaN or infinite"]);
+
+    // An infinity in an adapter's head.
+    let a = copy_adapter("peft-lora", &dir.join("inf-head"));
+    edit_tensors(&a, |t| {
+        let key = t.keys().find(|k| k.contains("classifier")).unwrap().clone();
+        t.get_mut(&key).unwrap().data[0] = f32::INFINITY;
+    });
+    one_line_error(
+        &predict_lora(dir, &model, &a, &["标题"]),
+        &["NaN or infinite"],
+    );
+
+    // Finite factors whose product overflows (1e30 x 1e30): refused, not answered with a
+    // label.
+    let a = copy_adapter("peft-lora", &dir.join("huge-update"));
+    edit_tensors(&a, |t| {
+        for (key, tensor) in t.iter_mut() {
+            if key.contains("lora_") {
+                tensor.data.iter_mut().for_each(|x| *x = 1e30);
+            }
+        }
+    });
+    let out = predict_lora(dir, &model, &a, &["--json", "标题"]);
+    one_line_error(&out, &["NaN or infinite outputs"]);
+    assert!(out.stdout.is_empty(), "nothing answered");
+
+    // lora_alpha far beyond any recipe.
+    let a = copy_adapter("peft-lora", &dir.join("alpha"));
+    edit_json(&a.join("adapter_config.json"), "lora_alpha", 1e308.into());
+    one_line_error(
+        &predict_lora(dir, &model, &a, &["标题"]),
+        &["lora_alpha", "at most"],
+    );
+}
+
+#[test]
+fn sizes_are_bounded_before_allocating() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    write_data(dir);
+    let model = tiny();
+    let train = |sets: &[&str]| {
+        let mut args = vec!["train", "--config", "tiny.toml", "--run-dir", "r"];
+        for s in sets {
+            args.extend(["--set", s]);
+        }
+        trainer(dir, &args)
+    };
+    for (sets, needle) in [
+        (
+            &["peft.num_virtual_tokens=1000000000"][..],
+            "peft.num_virtual_tokens must be between 1 and",
+        ),
+        (
+            &[
+                "peft.prefix_projection=true",
+                "peft.encoder_hidden_size=1000000000",
+            ][..],
+            "peft.encoder_hidden_size must be between 1 and",
+        ),
+        (
+            &[
+                "peft.method=p-tuning",
+                "peft.encoder_reparameterization_type=lstm",
+                "peft.encoder_num_layers=100000",
+            ][..],
+            "peft.encoder_num_layers must be between 1 and",
+        ),
+        (
+            &["train.batch_size=100000000"][..],
+            "train.batch_size must be between 1 and",
+        ),
+        (
+            &["train.epochs=1000000000"][..],
+            "train.epochs must be between 1 and",
+        ),
+    ] {
+        one_line_error(&train(sets), &[needle]);
+        assert!(!dir.join("r").exists());
+    }
+    let out = trainer(
+        dir,
+        &["bench", "--model", &model, "--batch-size", "1000000"],
+    );
+    one_line_error(&out, &["--batch-size must be at most"]);
+
+    // Files that never end.
+    #[cfg(unix)]
+    {
+        std::fs::write(dir.join("zero.toml"), "base = \"/dev/zero\"\n").unwrap();
+        let out = trainer(dir, &["train", "--config", "zero.toml"]);
+        one_line_error(&out, &["/dev/zero", "device"]);
+        let out = trainer(dir, &["train", "--config", "/dev/zero"]);
+        one_line_error(&out, &["/dev/zero", "device"]);
+        let out = trainer(dir, &["embed", "--model", &model, "--input", "/dev/zero"]);
+        one_line_error(&out, &["/dev/zero", "device"]);
+    }
+
+    // One 20 MB line on stdin: scored from its first megabyte, as a short text would be.
+    let adapter = fixtures().join("peft-lora");
+    let long = "标题 ".repeat(5_000_000);
+    let out = {
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_trainer"))
+            .args([
+                "predict",
+                "--model",
+                &model,
+                "--adapter",
+                adapter.to_str().unwrap(),
+            ])
+            .current_dir(dir)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut pipe = child.stdin.take().unwrap();
+        let writer = std::thread::spawn(move || {
+            use std::io::Write;
+            pipe.write_all(long.as_bytes()).unwrap();
+            pipe.write_all("\n标题\n".as_bytes()).unwrap();
+        });
+        let out = child.wait_with_output().unwrap();
+        writer.join().unwrap();
+        out
+    };
+    let stdout = ok(&out);
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines.len(), 2, "{stdout:.200}");
+    // The label and score of the long text equal those of its start.
+    let short = ok(&predict_lora(
+        dir,
+        &model,
+        &adapter,
+        &[&"标题 ".repeat(100)],
+    ));
+    let fields = |l: &str| {
+        l.split('\t')
+            .take(2)
+            .map(str::to_string)
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(fields(lines[0]), fields(short.lines().next().unwrap()));
+}
+
+#[test]
+fn a_tokenizer_larger_than_the_embedding_table_is_refused_at_load() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let model = copy_model(&dir.join("big-vocab"));
+    std::fs::remove_file(model.join("tokenizer.json")).unwrap();
+    let mut vocab = std::fs::read_to_string(fixtures().join("tiny-bert/vocab.txt")).unwrap();
+    for i in 0..5000 {
+        vocab.push_str(&format!("extra{i}\n"));
+    }
+    std::fs::write(model.join("vocab.txt"), vocab).unwrap();
+    let out = trainer(
+        dir,
+        &["embed", "--model", model.to_str().unwrap(), "extra4999"],
+    );
+    one_line_error(&out, &["vocab.txt", "embedding table", "rows"]);
+}
+
+/// A run trained once, shared by the decision-file checks.
+fn trained_run(dir: &Path) -> std::path::PathBuf {
+    write_data(dir);
+    ok(&trainer(
+        dir,
+        &[
+            "train",
+            "--config",
+            "tiny.toml",
+            "--set",
+            "train.epochs=1",
+            "--run-dir",
+            "r",
+        ],
+    ));
+    dir.join("r")
+}
+
+#[test]
+fn decision_files_and_recorded_settings_are_checked() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let run = trained_run(dir);
+    let predict = || trainer(dir, &["predict", "--run", "r", "标题"]);
+    ok(&predict());
+
+    let threshold = |value: serde_json::Value| {
+        serde_json::json!({"label": "标题党", "threshold": value, "target_precision": 0.9,
+                           "precision": 0.9, "recall": 0.5, "data": "v.csv"})
+        .to_string()
+    };
+    for bad in [serde_json::json!(2.0), serde_json::json!(-0.5)] {
+        std::fs::write(run.join("threshold.json"), threshold(bad)).unwrap();
+        one_line_error(
+            &predict(),
+            &["threshold.json", "threshold must be between 0 and 1"],
+        );
+    }
+    std::fs::remove_file(run.join("threshold.json")).unwrap();
+
+    let calibration = json(&run.join("calibration.json"));
+    for bad in [1e308, 1e-300, 0.0, -1.0] {
+        let mut c = calibration.clone();
+        c["temperature"] = bad.into();
+        std::fs::write(run.join("calibration.json"), c.to_string()).unwrap();
+        one_line_error(
+            &predict(),
+            &["calibration.json", "temperature must be between"],
+        );
+    }
+    std::fs::write(run.join("calibration.json"), calibration.to_string()).unwrap();
+
+    let out = trainer(
+        dir,
+        &[
+            "eval",
+            "--run",
+            "r",
+            "--target-precision=-1",
+            "--save-threshold",
+        ],
+    );
+    one_line_error(&out, &["--target-precision must be between 0 and 1"]);
+    assert!(!run.join("threshold.json").exists());
+
+    // The trained parameters without the head.
+    let adapter = run.join("adapter.safetensors");
+    let saved = std::fs::read(&adapter).unwrap();
+    let mut tensors = Checkpoint::read(&adapter).unwrap().tensors;
+    tensors.retain(|k, _| !k.starts_with("classifier"));
+    write_safetensors(&adapter, &tensors, None).unwrap();
+    one_line_error(
+        &predict(),
+        &["adapter.safetensors", "missing", "classifier"],
+    );
+    std::fs::write(&adapter, saved).unwrap();
+
+    // A hand-edited setting that the adapter was not trained with.
+    let config = run.join("config.toml");
+    let recipe = std::fs::read_to_string(&config).unwrap();
+    assert!(recipe.contains("num_virtual_tokens = 4"), "{recipe}");
+    std::fs::write(
+        &config,
+        recipe.replace("num_virtual_tokens = 4", "num_virtual_tokens = 5"),
+    )
+    .unwrap();
+    one_line_error(&predict(), &["num_virtual_tokens", "adapter_config.json"]);
+    std::fs::write(&config, recipe).unwrap();
+    ok(&predict());
+}
+
+#[test]
+fn export_carries_the_temperature_and_the_threshold() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    write_data(dir);
+    ok(&trainer(
+        dir,
+        &[
+            "train",
+            "--config",
+            "tiny.toml",
+            "--set",
+            "train.epochs=1",
+            "--set",
+            "peft.method=lora",
+            "--run-dir",
+            "r",
+        ],
+    ));
+    let run = dir.join("r");
+    // A temperature far from 1 and a threshold that overrides the argmax for some titles.
+    let mut c = json(&run.join("calibration.json"));
+    c["temperature"] = 3.0.into();
+    std::fs::write(run.join("calibration.json"), c.to_string()).unwrap();
+    std::fs::write(
+        run.join("threshold.json"),
+        serde_json::json!({"label": "标题党", "threshold": 0.5001, "target_precision": 0.9,
+                           "precision": 0.9, "recall": 0.5, "data": "v.csv"})
+        .to_string(),
+    )
+    .unwrap();
+    ok(&trainer(
+        dir,
+        &["export", "--run", "r", "--output", "exported"],
+    ));
+    let config = json(&dir.join("exported/config.json"));
+    assert_eq!(config["decision_threshold"]["label"], "标题党");
+    assert_eq!(config["calibration_temperature_folded"], 3.0);
+    let titles = [
+        "你不会相信, 接下来发生了什么 1",
+        "国务院发布第2号通知",
+        "标题",
+    ];
+    let scores = |model: &[&str]| {
+        let mut args = vec!["predict", "--json"];
+        args.extend_from_slice(model);
+        args.extend_from_slice(&titles);
+        ok(&trainer(dir, &args))
+            .lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+            .collect::<Vec<_>>()
+    };
+    let by_run = scores(&["--run", "r"]);
+    let by_export = scores(&["--model", "exported", "--max-length", "16"]);
+    for (a, b) in by_run.iter().zip(&by_export) {
+        assert_eq!(a["label"], b["label"], "{a} / {b}");
+        let (x, y) = (a["score"].as_f64().unwrap(), b["score"].as_f64().unwrap());
+        assert!((x - y).abs() < 1e-4, "{a} / {b}");
+    }
 }

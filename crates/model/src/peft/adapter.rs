@@ -202,8 +202,7 @@ fn virtual_token_fields(n: usize, bert: &BertConfig) -> serde_json::Map<String, 
 /// Reads a peft adapter directory for a BERT with config `bert`.
 pub fn read(dir: &Path, bert: &BertConfig) -> Result<PeftAdapter> {
     let config_path = dir.join(CONFIG_FILE);
-    let text =
-        std::fs::read_to_string(&config_path).map_err(|e| ModelError::io(&config_path, e))?;
+    let text = crate::fsutil::read_small_text(&config_path)?;
     let config: AdapterConfig =
         serde_json::from_str(&text).map_err(|e| ModelError::Incompatible {
             path: config_path.clone(),

@@ -12,7 +12,8 @@ use burn::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use super::{
-    AdapterFiles, AdapterParts, Method, PeftConfig, PeftModule, Tensors, positive, probability,
+    AdapterFiles, AdapterParts, MAX_RANK, Method, PeftConfig, PeftModule, Tensors, count,
+    probability,
 };
 use crate::bert::BertModel;
 use crate::classifier::BertClassifier;
@@ -72,13 +73,8 @@ impl Method for LoraConfig {
     }
 
     fn validate(&self) -> std::result::Result<(), String> {
-        positive("r", self.r)?;
-        if !(self.lora_alpha.is_finite() && self.lora_alpha > 0.0) {
-            return Err(format!(
-                "peft.lora_alpha must be finite and positive, got {}",
-                self.lora_alpha
-            ));
-        }
+        count("r", self.r, MAX_RANK)?;
+        check_alpha(self.lora_alpha).map_err(|e| format!("peft.lora_alpha {e}"))?;
         probability("lora_dropout", self.lora_dropout)?;
         if self.target_modules.is_empty() {
             return Err(
@@ -188,12 +184,7 @@ impl Method for LoraConfig {
         let (mut tensors, rest) = files.split_head(HEAD_PREFIX, bert)?;
         let r: usize = files.field("r")?.ok_or_else(|| files.bad("r", "missing"))?;
         let lora_alpha: f64 = files.field("lora_alpha")?.unwrap_or(8.0);
-        if !(lora_alpha.is_finite() && lora_alpha > 0.0) {
-            return Err(files.bad(
-                "lora_alpha",
-                format!("{lora_alpha}: must be finite and positive"),
-            ));
-        }
+        check_alpha(lora_alpha).map_err(|e| files.bad("lora_alpha", e))?;
         let lora_dropout: f64 = files.field("lora_dropout")?.unwrap_or(0.0);
         if !(0.0..1.0).contains(&lora_dropout) {
             return Err(files.bad("lora_dropout", format!("{lora_dropout}: must be in [0, 1)")));
@@ -440,5 +431,19 @@ impl LoraLinear {
 
     pub fn d_in(&self) -> usize {
         self.weight.dims()[0]
+    }
+}
+
+/// Largest `lora_alpha` accepted: the update is scaled by `lora_alpha / r`, and far beyond
+/// any recipe's values (8 to 64) that scale overflows f32 activations to infinity.
+const MAX_ALPHA: f64 = 1e6;
+
+fn check_alpha(alpha: f64) -> std::result::Result<(), String> {
+    if alpha > 0.0 && alpha <= MAX_ALPHA {
+        Ok(())
+    } else {
+        Err(format!(
+            "must be above 0 and at most {MAX_ALPHA}, got {alpha}"
+        ))
     }
 }

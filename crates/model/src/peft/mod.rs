@@ -259,12 +259,19 @@ pub(crate) const VIRTUAL_TOKENS_CANNOT_EXPORT: &str = "prefix, prompt and p-tuni
      tokens that a plain BERT cannot hold; use the run's peft adapter (runs/<name>/adapter) with \
      PeftModel instead";
 
-/// A `[peft]` range check: at least 1.
-pub(crate) fn positive(key: &str, v: usize) -> std::result::Result<(), String> {
-    if v == 0 {
-        Err(format!("peft.{key} must be at least 1"))
-    } else {
+/// Upper bounds of the `[peft]` sizes, checked before anything is allocated: far above any
+/// published recipe, low enough that the tensors they size fit in memory.
+pub(crate) const MAX_VIRTUAL_TOKENS: usize = 4096;
+pub(crate) const MAX_ENCODER_HIDDEN: usize = 8192;
+pub(crate) const MAX_ENCODER_LAYERS: usize = 16;
+pub(crate) const MAX_RANK: usize = 4096;
+
+/// A `[peft]` range check on a size: from 1 to `max`.
+pub(crate) fn count(key: &str, v: usize, max: usize) -> std::result::Result<(), String> {
+    if (1..=max).contains(&v) {
         Ok(())
+    } else {
+        Err(format!("peft.{key} must be between 1 and {max}, got {v}"))
     }
 }
 

@@ -12,8 +12,8 @@ use serde::{Deserialize, Serialize};
 
 use super::adapter::prompt_parts;
 use super::{
-    AdapterFiles, AdapterParts, Method, PeftConfig, PeftModule, Tensors,
-    VIRTUAL_TOKENS_CANNOT_EXPORT, positive,
+    AdapterFiles, AdapterParts, MAX_ENCODER_HIDDEN, MAX_VIRTUAL_TOKENS, Method, PeftConfig,
+    PeftModule, Tensors, VIRTUAL_TOKENS_CANNOT_EXPORT, count,
 };
 use crate::bert::{BertModel, LayerPrefix};
 use crate::classifier::BertClassifier;
@@ -68,9 +68,17 @@ impl Method for PrefixTuningConfig {
     }
 
     fn validate(&self) -> std::result::Result<(), String> {
-        positive("num_virtual_tokens", self.num_virtual_tokens)?;
+        count(
+            "num_virtual_tokens",
+            self.num_virtual_tokens,
+            MAX_VIRTUAL_TOKENS,
+        )?;
         if self.prefix_projection {
-            positive("encoder_hidden_size", self.encoder_hidden_size)?;
+            count(
+                "encoder_hidden_size",
+                self.encoder_hidden_size,
+                MAX_ENCODER_HIDDEN,
+            )?;
         }
         Ok(())
     }

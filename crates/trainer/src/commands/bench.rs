@@ -30,14 +30,15 @@ pub struct BenchArgs {
 }
 
 pub fn run(args: BenchArgs) -> Result<()> {
-    for (flag, value) in [
-        ("--batch-size", args.batch_size),
-        ("--iters", args.iters),
-        ("--texts", args.texts),
-        ("--seq-len", args.seq_len),
-    ] {
-        anyhow::ensure!(value >= 1, "{flag} must be at least 1");
-    }
+    use crate::commands::check_count;
+    check_count(
+        "--batch-size",
+        args.batch_size,
+        crate::config::MAX_BATCH_SIZE,
+    )?;
+    check_count("--iters", args.iters, 100_000)?;
+    check_count("--texts", args.texts, 1_000_000)?;
+    check_count("--seq-len", args.seq_len, 1 << 16)?;
     if let Some(run) = &args.run {
         return classify(run, args.texts, args.batch_size);
     }

@@ -1,6 +1,6 @@
 //! `trainer embed`: sentence embeddings as JSON lines.
 
-use std::io::{BufRead, BufWriter, Write};
+use std::io::{BufWriter, Write};
 use std::path::PathBuf;
 
 use anyhow::{Context, Result, bail};
@@ -46,6 +46,7 @@ fn parse_pooling(s: &str) -> std::result::Result<Pooling, String> {
 }
 
 pub fn run(args: EmbedArgs) -> Result<()> {
+    crate::commands::check_batch_size(args.batch_size)?;
     let texts = read_texts(&args)?;
     let device = device();
     crate::device::set_precision(std::slice::from_ref(&device), Default::default())?;
@@ -97,7 +98,8 @@ fn read_texts(args: &EmbedArgs) -> Result<Vec<String>> {
     }
     let lines: Vec<String> = match &args.input {
         Some(path) => {
-            let text = std::fs::read(path).with_context(|| format!("{}", path.display()))?;
+            let text = bert_model::fsutil::read_limited(path, bert_model::fsutil::MAX_DATA_FILE)
+                .with_context(|| format!("{}", path.display()))?;
             let text = String::from_utf8(text).map_err(|e| {
                 let line = 1 + e.as_bytes()[..e.utf8_error().valid_up_to()]
                     .iter()
@@ -107,11 +109,8 @@ fn read_texts(args: &EmbedArgs) -> Result<Vec<String>> {
             })?;
             text.lines().map(str::to_string).collect()
         }
-        None => std::io::stdin()
-            .lock()
-            .lines()
-            .collect::<std::io::Result<_>>()
-            .context("reading stdin")?,
+        None => crate::lines::BoundedLines::new(std::io::stdin().lock(), "stdin")
+            .collect::<Result<_>>()?,
     };
     let texts: Vec<String> = lines.into_iter().filter(|l| !l.trim().is_empty()).collect();
     if texts.is_empty() {

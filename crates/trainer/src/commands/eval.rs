@@ -38,6 +38,8 @@ pub struct EvalArgs {
 }
 
 pub fn run(args: EvalArgs) -> Result<()> {
+    crate::threshold::check_probability("--target-precision", args.target_precision)?;
+    crate::commands::check_batch_size(args.batch_size)?;
     let device = crate::device::device();
     let run = args.model.load(&device)?;
     let data = match (&args.data, &run.dir) {

@@ -7,10 +7,12 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
+use bert_model::classifier::BertClassifier;
 use bert_model::export::write_hf_classifier;
 use bert_model::{BertConfig, ModelSource};
 use clap::Args;
 
+use crate::classifier::Classifier;
 use crate::commands::classifier::ModelArgs;
 use crate::device::device;
 
@@ -34,16 +36,17 @@ pub fn run(args: ExportArgs) -> Result<()> {
     let run = args.model.load(&device)?;
     let base = ModelSource::parse(&run.config.model.source)?.resolve()?;
     let bert = BertConfig::from_file(&base.config)?;
+    let model = fold_temperature(run.model.clone(), run.temperature);
     write_dir_atomically(&args.output, |tmp| {
         write_hf_classifier(
             tmp,
-            &run.model,
+            &model,
             &run.config.peft,
             &bert,
             run.labels.names(),
             &base.dir,
         )?;
-        Ok(())
+        add_decision_fields(&tmp.join("config.json"), &run)
     })?;
     eprintln!(
         "exported {} ({} labels: {}) to {}",
@@ -52,11 +55,65 @@ pub fn run(args: ExportArgs) -> Result<()> {
         run.labels.names().join(", "),
         args.output.display()
     );
+    if run.temperature != 1.0 {
+        eprintln!(
+            "the calibration temperature {:.4} is folded into the classifier head: its softmax \
+             gives predict's calibrated probabilities",
+            run.temperature
+        );
+    }
+    if let Some((_, t)) = &run.threshold {
+        eprintln!(
+            "the decision threshold p({}) >= {:.4} is in config.json's `{}`: predict and serve \
+             here apply it; other stacks must apply it themselves",
+            t.label,
+            t.threshold,
+            crate::classifier::THRESHOLD_KEY
+        );
+    }
     eprintln!(
         "load it with BertForSequenceClassification.from_pretrained({:?}), or here with --model {}",
         args.output.display().to_string(),
         args.output.display()
     );
+    Ok(())
+}
+
+/// The head with the calibration temperature folded in: `(W x + b) / T` is a linear layer
+/// with weights `W / T` and bias `b / T`, so the exported model's plain softmax gives the
+/// calibrated probabilities `predict --run` gives, in transformers as here.
+fn fold_temperature(mut model: BertClassifier, temperature: f64) -> BertClassifier {
+    if temperature == 1.0 {
+        return model;
+    }
+    let scale = (1.0 / temperature) as f32;
+    model.classifier.weight = model.classifier.weight.map(|w| w * scale);
+    model.classifier.bias = model.classifier.bias.map(|b| b.map(|b| b * scale));
+    model
+}
+
+/// Records in the exported `config.json` what decides beyond the softmax: the temperature
+/// already folded into the head (for the record) and the run's decision threshold, which
+/// `--model DIR` applies as `--run` does.
+fn add_decision_fields(config: &Path, run: &Classifier) -> Result<()> {
+    let text = bert_model::fsutil::read_small_text(config)?;
+    let mut value: serde_json::Value =
+        serde_json::from_str(&text).with_context(|| format!("{}: not JSON", config.display()))?;
+    let Some(fields) = value.as_object_mut() else {
+        bail!("{}: not a JSON object", config.display());
+    };
+    fields.insert(
+        "calibration_temperature_folded".into(),
+        run.temperature.into(),
+    );
+    if let Some((_, t)) = &run.threshold {
+        fields.insert(
+            crate::classifier::THRESHOLD_KEY.into(),
+            serde_json::to_value(t)?,
+        );
+    }
+    let text = serde_json::to_string_pretty(&value)?;
+    bert_model::fsutil::write_atomic(config, text.as_bytes())?;
     Ok(())
 }
 

@@ -6,7 +6,7 @@
 //! per label; a row with an empty text is kept with those left empty and counted. The output
 //! is written to a temp file and renamed into place when complete.
 
-use std::io::{BufRead, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
@@ -43,6 +43,7 @@ pub struct PredictArgs {
 }
 
 pub fn run(args: PredictArgs) -> Result<()> {
+    crate::commands::check_batch_size(args.batch_size)?;
     let device = crate::device::device();
     let run = args.model.load(&device)?;
     match (&args.input, &args.output) {
@@ -67,10 +68,10 @@ pub fn run(args: PredictArgs) -> Result<()> {
         }
         _ => {
             // Stdin, a chunk of lines at a time, so a pipe gets answers as it goes.
-            let stdin = std::io::stdin().lock();
+            let stdin = crate::lines::BoundedLines::new(std::io::stdin().lock(), "stdin");
             let mut lines = Vec::new();
-            for line in stdin.lines() {
-                lines.push(line.context("stdin")?);
+            for line in stdin {
+                lines.push(line?);
                 if lines.len() == CHUNK {
                     let texts: Vec<&str> = lines.iter().map(String::as_str).collect();
                     print_texts(&run, &texts, args.json, args.batch_size, &device)?;

@@ -19,6 +19,7 @@ pub struct ReportArgs {
 
 /// Evaluates the run's validation split at its temperature and writes the page; prints its path.
 pub fn run(args: ReportArgs) -> Result<()> {
+    crate::commands::check_batch_size(args.batch_size)?;
     let device = crate::device::device();
     let classifier = Classifier::load(&args.run, &device)?;
     let dir = classifier

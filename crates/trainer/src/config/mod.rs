@@ -11,6 +11,13 @@ use bert_model::DEFAULT_MODEL;
 use bert_model::peft::PeftConfig;
 use serde::{Deserialize, Serialize};
 
+/// Most epochs a recipe may ask for: step counts (epochs x batches) stay far from overflow.
+pub const MAX_EPOCHS: usize = 10_000;
+
+/// Most texts in one forward pass (training batches and every `--batch-size`): a batch's
+/// activations grow with it, and far beyond a few thousand rows a pass only costs memory.
+pub const MAX_BATCH_SIZE: usize = 4096;
+
 /// A whole recipe.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
 #[serde(default, deny_unknown_fields)]
@@ -203,11 +210,17 @@ impl TrainConfig {
     pub fn validate(&self) -> Result<()> {
         check_name(&self.name)?;
         let t = &self.train;
-        if t.epochs == 0 {
-            bail!("train.epochs must be at least 1");
+        if !(1..=MAX_EPOCHS).contains(&t.epochs) {
+            bail!(
+                "train.epochs must be between 1 and {MAX_EPOCHS}, got {}",
+                t.epochs
+            );
         }
-        if t.batch_size == 0 {
-            bail!("train.batch_size must be at least 1");
+        if !(1..=MAX_BATCH_SIZE).contains(&t.batch_size) {
+            bail!(
+                "train.batch_size must be between 1 and {MAX_BATCH_SIZE}, got {}",
+                t.batch_size
+            );
         }
         if let Some(device) = &t.device {
             device
@@ -282,8 +295,7 @@ fn read_table(path: &Path, depth: usize) -> Result<toml::Table> {
     if depth > 8 {
         bail!("{}: `base` chain too deep (a cycle?)", path.display());
     }
-    let text = std::fs::read_to_string(path)
-        .with_context(|| format!("cannot read config {}", path.display()))?;
+    let text = bert_model::fsutil::read_small_text(path).context("cannot read the config")?;
     let mut table: toml::Table =
         toml::from_str(&text).with_context(|| format!("{}: invalid TOML", path.display()))?;
     let Some(base) = table.remove("base") else {

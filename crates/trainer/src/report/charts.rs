@@ -114,7 +114,8 @@ pub fn epochs(title: &str, y_label: &str, series: &[Series], y: Range<f64>) -> R
             .configure_mesh()
             .x_desc("epoch")
             .y_desc(y_label)
-            .x_labels(last as usize + 1)
+            // At most a dozen ticks, however many epochs (plotters lays out each asked for).
+            .x_labels((last as usize + 1).min(12))
             // Whole epochs only.
             .x_label_formatter(&|x| match (x - x.round()).abs() < 1e-6 {
                 true => format!("{x:.0}"),

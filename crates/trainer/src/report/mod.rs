@@ -40,8 +40,7 @@ fn read_json(path: &Path) -> Result<Option<Value>> {
     if !path.is_file() {
         return Ok(None);
     }
-    let text =
-        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let text = bert_model::fsutil::read_small_text(path)?;
     let value = serde_json::from_str(&text)
         .with_context(|| format!("{}: not valid JSON", path.display()))?;
     Ok(Some(value))
@@ -52,8 +51,7 @@ fn render(run: &RunDir, labels: &[String], eval: &Evaluation) -> Result<String> 
     let metrics = read_json(&run.metrics())?.unwrap_or(Value::Null);
     let calibration = Calibration::read(&run.calibration())?;
     let threshold = Threshold::read(&run.threshold())?;
-    let recipe = std::fs::read_to_string(run.config())
-        .with_context(|| format!("cannot read {}", run.config().display()))?;
+    let recipe = bert_model::fsutil::read_small_text(&run.config())?;
     let name = run.root.file_name().map_or_else(
         || run.root.display().to_string(),
         |n| n.to_string_lossy().into(),
@@ -174,6 +172,10 @@ fn epoch_charts(metrics: &Value) -> Result<Vec<String>> {
         epochs
             .iter()
             .filter_map(|e| Some((e["epoch"].as_f64()?, e[split][key].as_f64()?)))
+            // A hand-edited or corrupt file may hold anything; only real epochs are drawn.
+            .filter(|&(x, y)| {
+                (1.0..=crate::config::MAX_EPOCHS as f64).contains(&x) && y.is_finite()
+            })
             .collect()
     };
     if epochs.is_empty() {

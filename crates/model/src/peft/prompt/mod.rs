@@ -18,8 +18,8 @@ use serde::{Deserialize, Serialize};
 
 use super::adapter::prompt_parts;
 use super::{
-    AdapterFiles, AdapterParts, Method, PeftConfig, PeftModule, Tensors,
-    VIRTUAL_TOKENS_CANNOT_EXPORT, positive, probability,
+    AdapterFiles, AdapterParts, MAX_ENCODER_HIDDEN, MAX_ENCODER_LAYERS, MAX_VIRTUAL_TOKENS, Method,
+    PeftConfig, PeftModule, Tensors, VIRTUAL_TOKENS_CANNOT_EXPORT, count, probability,
 };
 use crate::bert::BertModel;
 use crate::classifier::BertClassifier;
@@ -65,7 +65,11 @@ impl Method for PromptTuningConfig {
     }
 
     fn validate(&self) -> std::result::Result<(), String> {
-        positive("num_virtual_tokens", self.num_virtual_tokens)?;
+        count(
+            "num_virtual_tokens",
+            self.num_virtual_tokens,
+            MAX_VIRTUAL_TOKENS,
+        )?;
         let has_text = self
             .prompt_tuning_init_text
             .as_deref()
@@ -234,11 +238,23 @@ impl Method for PromptEncoderConfig {
     /// The LSTM's own keys mean nothing to the MLP, so setting them there is refused rather
     /// than ignored (peft only warns).
     fn validate(&self) -> std::result::Result<(), String> {
-        positive("num_virtual_tokens", self.num_virtual_tokens)?;
-        positive("encoder_hidden_size", self.encoder_hidden_size)?;
+        count(
+            "num_virtual_tokens",
+            self.num_virtual_tokens,
+            MAX_VIRTUAL_TOKENS,
+        )?;
+        count(
+            "encoder_hidden_size",
+            self.encoder_hidden_size,
+            MAX_ENCODER_HIDDEN,
+        )?;
         match self.encoder_reparameterization_type {
             Reparameterization::Lstm => {
-                positive("encoder_num_layers", self.encoder_num_layers)?;
+                count(
+                    "encoder_num_layers",
+                    self.encoder_num_layers,
+                    MAX_ENCODER_LAYERS,
+                )?;
                 probability("encoder_dropout", self.encoder_dropout)?;
             }
             Reparameterization::Mlp => {
