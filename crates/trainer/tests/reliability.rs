@@ -873,3 +873,33 @@ fn export_carries_the_temperature_and_the_threshold() {
         assert!((x - y).abs() < 1e-4, "{a} / {b}");
     }
 }
+
+#[test]
+fn a_report_draws_any_metrics_file_in_bounded_time() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let run = trained_run(dir);
+    let metrics = json(&run.join("metrics.json"));
+    for epoch in [
+        serde_json::json!(1e6),
+        serde_json::json!(9_999),
+        serde_json::json!(-3),
+    ] {
+        let mut m = metrics.clone();
+        m["epochs"][0]["epoch"] = epoch.clone();
+        std::fs::write(run.join("metrics.json"), m.to_string()).unwrap();
+        let started = std::time::Instant::now();
+        ok(&trainer(dir, &["report", "--run", "r"]));
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(20),
+            "epoch {epoch}: {:?}",
+            started.elapsed()
+        );
+        let html = std::fs::read_to_string(run.join("report.html")).unwrap();
+        assert!(
+            html.len() < 2_000_000,
+            "epoch {epoch}: {} bytes",
+            html.len()
+        );
+    }
+}

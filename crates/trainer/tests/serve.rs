@@ -1,6 +1,7 @@
 //! `trainer serve` on 127.0.0.1 with port 0: endpoints, two adapters sharing one base model
 //! answering differently, micro-batched concurrent clients, limits and malformed requests as
-//! JSON 4xx errors, and a graceful stop on SIGTERM.
+//! JSON 4xx errors, a graceful stop on SIGTERM, and what hostile or vanished clients cannot do:
+//! hold the queue, the connections or the shutdown.
 
 mod common;
 
@@ -24,7 +25,18 @@ impl Server {
         let pid = self.child.id().to_string();
         let sent = Command::new("kill").args(["-TERM", &pid]).status();
         assert!(sent.unwrap().success());
-        let status = self.child.wait().unwrap();
+        // Bounded, so that a server that does not stop fails the test instead of hanging it.
+        let start = Instant::now();
+        let status = loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                break status;
+            }
+            if start.elapsed() > Duration::from_secs(30) {
+                let _ = self.child.kill();
+                panic!("the server did not stop within 30 s of SIGTERM");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
         let mut stderr = String::new();
         if let Some(mut pipe) = self.child.stderr.take() {
             pipe.read_to_string(&mut stderr).unwrap();
@@ -81,6 +93,18 @@ fn http(addr: &str, method: &str, path: &str, body: &[u8]) -> (u16, Value) {
 
 /// The same with extra header lines (each ending in `\r\n`).
 fn http_with(addr: &str, method: &str, path: &str, headers: &str, body: &[u8]) -> (u16, Value) {
+    let (status, _, value) = exchange(addr, method, path, headers, body);
+    (status, value)
+}
+
+/// One HTTP/1.1 request; (status, response head, JSON body).
+fn exchange(
+    addr: &str,
+    method: &str,
+    path: &str,
+    headers: &str,
+    body: &[u8],
+) -> (u16, String, Value) {
     let mut s = TcpStream::connect(addr).unwrap();
     write!(
         s,
@@ -89,13 +113,22 @@ fn http_with(addr: &str, method: &str, path: &str, headers: &str, body: &[u8]) -
     )
     .unwrap();
     s.write_all(body).unwrap();
+    read_response(s)
+}
+
+/// Reads a response until the server closes the connection (20 s at most); (status, head,
+/// JSON body).
+fn read_response(mut s: TcpStream) -> (u16, String, Value) {
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
     let mut response = Vec::new();
     s.read_to_end(&mut response).unwrap();
     let text = String::from_utf8_lossy(&response);
-    let (head, body) = text.split_once("\r\n\r\n").unwrap();
+    let (head, body) = text
+        .split_once("\r\n\r\n")
+        .unwrap_or_else(|| panic!("no response: {text:?}"));
     let status: u16 = head.split(' ').nth(1).unwrap().parse().unwrap();
     let value = serde_json::from_str(body).unwrap_or_else(|_| panic!("not JSON: {body:?}"));
-    (status, value)
+    (status, head.to_string(), value)
 }
 
 fn classify(addr: &str, body: Value) -> (u16, Value) {
@@ -358,10 +391,14 @@ fn one_failing_request_stalled_clients_and_keys_do_not_take_the_service_down() {
     assert!(time_to_close(half) < Duration::from_secs(5));
     assert!(time_to_close(silent) < Duration::from_secs(5));
 
-    // The connection cap: with 3 open, a 4th is closed at once.
-    let open: Vec<TcpStream> = (0..3).map(|_| TcpStream::connect(&addr).unwrap()).collect();
-    std::thread::sleep(Duration::from_millis(200));
-    assert!(time_to_close(TcpStream::connect(&addr).unwrap()) < Duration::from_millis(900));
+    // The connection cap: with 3 idle connections open, a 4th is still served at once, and the
+    // oldest idle one is closed to make room (long before the 1 s header timeout).
+    let mut open: Vec<TcpStream> = (0..3).map(|_| TcpStream::connect(&addr).unwrap()).collect();
+    std::thread::sleep(Duration::from_millis(100));
+    let start = Instant::now();
+    assert_eq!(http(&addr, "GET", "/healthz", b"").0, 200);
+    assert!(start.elapsed() < Duration::from_millis(500));
+    assert!(time_to_close(open.remove(0)) < Duration::from_millis(300));
     drop(open);
     std::thread::sleep(Duration::from_millis(1500));
     assert_eq!(http(&addr, "GET", "/healthz", b"").0, 200);
@@ -399,4 +436,230 @@ fn serving_beyond_loopback_without_a_key_warns() {
     let (_, stderr) = server.stop();
     assert!(stderr.contains("warning: listening on 0.0.0.0"), "{stderr}");
     assert!(stderr.contains("without an API key"), "{stderr}");
+}
+
+/// A trained run `a` in a fresh directory, for a server to load.
+fn one_run() -> tempfile::TempDir {
+    let tmp = tempfile::tempdir().unwrap();
+    write_titles(tmp.path(), 16);
+    train(tmp.path(), "a", "method = \"lora\"", 1);
+    tmp
+}
+
+/// Sends `raw` on a new connection and leaves it open.
+fn send(addr: &str, raw: &str) -> TcpStream {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.write_all(raw.as_bytes()).unwrap();
+    s
+}
+
+/// A complete `/v1/classify` request for `texts`, as raw bytes.
+fn classify_request(addr: &str, texts: &[&str]) -> String {
+    let body = json!({ "texts": texts }).to_string();
+    format!(
+        "POST /v1/classify HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+}
+
+#[test]
+fn work_of_vanished_clients_is_dropped_and_shutdown_keeps_to_its_grace() {
+    let tmp = one_run();
+    // Each `__slow__` text makes its batch take 1 s; one request per batch.
+    let mut server = serve_env(
+        tmp.path(),
+        &["--max-batch", "1", "--shutdown-grace-secs", "1"],
+        &[("TRAINER_TEST_FAULTS", "slow=1000")],
+    );
+    let addr = server.addr.clone();
+
+    // One slow request keeps the inference thread busy while five clients queue 2 s of work
+    // each and hang up: none of it is scored, so the next request is answered at once.
+    let busy = {
+        let addr = addr.clone();
+        std::thread::spawn(move || classify(&addr, json!({"texts": ["__slow__"]})))
+    };
+    std::thread::sleep(Duration::from_millis(200));
+    let vanished: Vec<TcpStream> = (0..5)
+        .map(|_| send(&addr, &classify_request(&addr, &["__slow__", "__slow__"])))
+        .collect();
+    std::thread::sleep(Duration::from_millis(300));
+    drop(vanished);
+    assert_eq!(busy.join().unwrap().0, 200);
+    let start = Instant::now();
+    assert_eq!(classify(&addr, json!({"texts": ["秘密标题"]})).0, 200);
+    assert!(
+        start.elapsed() < Duration::from_millis(900),
+        "{:?}",
+        start.elapsed()
+    );
+
+    // SIGTERM while a 30 s batch is being scored and more wait behind it: the process still
+    // exits within the 1 s grace and a small margin, dropping that work.
+    let stuck = send(&addr, &classify_request(&addr, &["__slow__"; 30]));
+    let queued = send(&addr, &classify_request(&addr, &["__slow__"]));
+    std::thread::sleep(Duration::from_millis(300));
+    let start = Instant::now();
+    let (status, stderr) = server.stop();
+    assert!(status.success(), "{status:?}\n{stderr}");
+    assert!(
+        start.elapsed() < Duration::from_secs(4),
+        "{:?}",
+        start.elapsed()
+    );
+    drop((stuck, queued));
+    assert!(
+        stderr.contains("queued requests whose clients had gone, unscored"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("exiting without it"), "{stderr}");
+    assert!(stderr.contains("stopped"), "{stderr}");
+}
+
+#[test]
+fn a_full_queue_or_a_busy_cap_answers_503_with_retry_after_at_once() {
+    let tmp = one_run();
+    let server = serve_env(
+        tmp.path(),
+        &[
+            "--max-batch",
+            "1",
+            "--max-texts",
+            "4",
+            "--max-queued-texts",
+            "4",
+            "--max-connections",
+            "3",
+        ],
+        &[("TRAINER_TEST_FAULTS", "slow=1500")],
+    );
+    let addr = server.addr.clone();
+    let later = |texts: Value| {
+        let addr = addr.clone();
+        std::thread::spawn(move || classify(&addr, json!({ "texts": texts })))
+    };
+
+    // 1 text being scored for 1.5 s and 2 queued behind it: 2 more would go over the 4.
+    let slow = later(json!(["__slow__"]));
+    std::thread::sleep(Duration::from_millis(200));
+    let queued = later(json!(["国务院发布通知", "秘密标题"]));
+    std::thread::sleep(Duration::from_millis(200));
+    let start = Instant::now();
+    let body = json!({"texts": ["a", "b"]}).to_string();
+    let (status, head, e) = exchange(&addr, "POST", "/v1/classify", "", body.as_bytes());
+    assert_eq!(status, 503, "{e}");
+    assert!(
+        head.to_ascii_lowercase().contains("retry-after: 1"),
+        "{head}"
+    );
+    assert!(start.elapsed() < Duration::from_millis(500));
+
+    // With all 3 connections waiting on inference, a 4th is told 503 and closed at once.
+    let third = later(json!(["第三"]));
+    std::thread::sleep(Duration::from_millis(200));
+    let start = Instant::now();
+    let (status, head, _) = read_response(TcpStream::connect(&addr).unwrap());
+    assert_eq!(status, 503, "{head}");
+    assert!(head.contains("Retry-After: 1"), "{head}");
+    assert!(start.elapsed() < Duration::from_millis(500));
+
+    // The admitted ones are answered, and the room is given back.
+    for h in [slow, queued, third] {
+        let (status, r) = h.join().unwrap();
+        assert_eq!(status, 200, "{r}");
+    }
+    assert_eq!(
+        classify(&addr, json!({"texts": ["a", "b", "c", "d"]})).0,
+        200
+    );
+}
+
+#[test]
+fn oversized_and_stalled_bodies_are_answered_and_stalled_clients_are_shed() {
+    let tmp = one_run();
+    let server = serve(
+        tmp.path(),
+        &[
+            "--max-connections",
+            "3",
+            "--max-body-bytes",
+            "1000",
+            "--body-timeout-secs",
+            "2",
+            "--header-timeout-secs",
+            "30",
+        ],
+    );
+    let addr = server.addr.clone();
+
+    // A declared Content-Length of 10^12: 413 at once, without waiting for any of the body.
+    let start = Instant::now();
+    let s = send(
+        &addr,
+        "POST /v1/classify HTTP/1.1\r\nHost: x\r\nContent-Length: 1000000000000\r\n\r\n",
+    );
+    let (status, _, e) = read_response(s);
+    assert_eq!(
+        (status, e["error"].as_str()),
+        (413, Some("request body too large"))
+    );
+    assert!(start.elapsed() < Duration::from_secs(1));
+
+    // Three clients stall mid-body and fill the cap; a new client is still served at once,
+    // and the oldest stalled one is closed to make room.
+    let stall = "POST /v1/classify HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{\"texts\"";
+    let stalled_at = Instant::now();
+    let mut stalled: Vec<TcpStream> = (0..3)
+        .map(|_| {
+            let s = send(&addr, stall);
+            std::thread::sleep(Duration::from_millis(50));
+            s
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(100));
+    let start = Instant::now();
+    assert_eq!(classify(&addr, json!({"texts": ["秘密标题"]})).0, 200);
+    assert!(start.elapsed() < Duration::from_secs(1));
+    assert!(time_to_close(stalled.remove(0)) < Duration::from_millis(300));
+
+    // The others get 408 when their 2 s to send the body are up, not the 30 s header time.
+    for s in stalled {
+        let (status, _, e) = read_response(s);
+        assert_eq!(status, 408, "{e}");
+        assert!(e["error"].as_str().unwrap().contains("body"), "{e}");
+    }
+    let waited = stalled_at.elapsed();
+    assert!(waited < Duration::from_secs(4), "{waited:?}");
+}
+
+#[test]
+fn nonsense_numbers_are_refused_before_listening() {
+    let huge = u64::MAX.to_string();
+    for flags in [
+        &["--header-timeout-secs", &huge][..],
+        &["--request-timeout-secs", "0"],
+        &["--body-timeout-secs", &huge],
+        &["--shutdown-grace-secs", &huge],
+        &["--max-batch", "0"],
+        &["--max-connections", "0"],
+        &["--max-texts", &huge],
+        &["--max-body-bytes", "0"],
+        &["--max-texts", "300", "--max-queued-texts", "200"],
+    ] {
+        // No run to load: a flag that got past the checks would fail on that instead.
+        let out = Command::new(env!("CARGO_BIN_EXE_trainer"))
+            .args(["serve", "--run", "no-such-run", "--addr", "127.0.0.1:0"])
+            .args(flags)
+            .env_remove("TRAINER_API_KEY")
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{flags:?}");
+        assert!(out.stdout.is_empty(), "{flags:?}");
+        let first = stderr.lines().next().unwrap_or("");
+        assert!(
+            first.starts_with("error:") && first.contains(flags[flags.len() - 2]),
+            "{flags:?}: {stderr}"
+        );
+    }
 }
