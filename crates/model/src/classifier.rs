@@ -164,8 +164,12 @@ fn hf_linear(d_in: usize, d_out: usize, config: &BertConfig, device: &Device) ->
             std: config.initializer_range,
         })
         .init(device);
-    linear.bias = linear
-        .bias
-        .map(|b| b.map(|t: Tensor<1>| Tensor::zeros(t.dims(), &t.device())));
+    // The zero tensor keeps the parameter's gradient tracking: a fresh tensor has none, and
+    // the bias would then never train.
+    linear.bias = linear.bias.map(|b| {
+        b.map(|t: Tensor<1>| {
+            Tensor::zeros(t.dims(), &t.device()).set_require_grad(t.is_require_grad())
+        })
+    });
     linear
 }

@@ -7,9 +7,16 @@
 //! (old file or new, never half), and an older epoch is only deleted once a later epoch is
 //! complete on disk in all three files: a failed write leaves the previous epoch resumable.
 
+use std::panic::AssertUnwindSafe;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
+use anyhow::{Result, bail};
+use bert_model::classifier::BertClassifier;
+use burn::module::Module;
+use burn::optim::OptimizerRecord;
+use burn::optim::lr_scheduler::LrSchedulerRecord;
+use burn::store::ModuleRecord;
 use burn::train::checkpoint::{Checkpoint, Checkpointer, CheckpointerError};
 
 /// The files of one resume state.
@@ -55,6 +62,105 @@ pub fn last_complete(dir: &Path) -> Option<usize> {
 
 fn complete(dir: &Path, epoch: usize) -> bool {
     PARTS.iter().all(|p| path(dir, p, epoch).is_file())
+}
+
+/// Checks the resume state of `epoch` before burn-train loads it (it panics on a record it
+/// cannot read or apply): the model checkpoint must fit `model`, the optimizer's must hold
+/// state, and the schedule's must be `steps` steps in, the steps of `epoch` epochs of this
+/// run's data. Each failure is an error naming the file.
+pub fn check_resumable(
+    dir: &Path,
+    epoch: usize,
+    model: &BertClassifier,
+    steps: usize,
+) -> Result<()> {
+    check_model(dir, epoch, model)?;
+    let file = path(dir, "optim", epoch);
+    let optim = read(&file, OptimizerRecord::load)?;
+    if optim.is_empty() {
+        bail!(
+            "cannot resume: {} holds no optimizer state; start a new run",
+            file.display()
+        );
+    }
+    let file = path(dir, "scheduler", epoch);
+    let schedule = read(&file, LrSchedulerRecord::load)?;
+    // burn-train's scheduler record nests the one scheduler's under its group index.
+    match schedule.record("0").scalar::<u64>("step") {
+        Some(s) if usize::try_from(s) == Ok(steps) => Ok(()),
+        Some(s) => bail!(
+            "cannot resume: {} is {s} steps into the schedule, but {epoch} epoch(s) of this \
+             run's data are {steps} steps; start a new run",
+            file.display()
+        ),
+        None => bail!(
+            "cannot resume: {} holds no schedule step; start a new run",
+            file.display()
+        ),
+    }
+}
+
+/// Checks that the model checkpoint of `epoch` reads and fits `model` (every parameter there,
+/// of the same shape, and nothing else).
+pub fn check_model(dir: &Path, epoch: usize, model: &BertClassifier) -> Result<()> {
+    let file = path(dir, "model", epoch);
+    let record = read(&file, ModuleRecord::load)?;
+    let applied = quietly(|| model.clone().try_load_record(record).map(drop));
+    match applied {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => bail!(
+            "cannot resume: {} does not fit this run's model ({}); start a new run",
+            file.display(),
+            shorten(&e.to_string())
+        ),
+        Err(_) => bail!(
+            "cannot resume: {} does not fit this run's model; start a new run",
+            file.display()
+        ),
+    }
+}
+
+/// Reads a record with `load`, as an error naming `file` whether the reader fails or panics.
+fn read<R, E: std::fmt::Display>(
+    file: &Path,
+    load: impl FnOnce(PathBuf) -> Result<R, E>,
+) -> Result<R> {
+    if !file.is_file() {
+        bail!("cannot resume: {} is missing", file.display());
+    }
+    match quietly(|| load(file.to_path_buf())) {
+        Ok(Ok(record)) => Ok(record),
+        Ok(Err(e)) => bail!(
+            "cannot resume: cannot read {} ({}); it is damaged: start a new run",
+            file.display(),
+            shorten(&e.to_string())
+        ),
+        Err(_) => bail!(
+            "cannot resume: cannot read {}; it is damaged: start a new run",
+            file.display()
+        ),
+    }
+}
+
+/// Runs `f`, turning a panic into an `Err` without the panic hook's report: the caller reports
+/// it as one line naming the file. Only used before training starts, while no other thread
+/// could panic meanwhile.
+fn quietly<T>(f: impl FnOnce() -> T) -> std::thread::Result<T> {
+    let hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(|_| {}));
+    let result = std::panic::catch_unwind(AssertUnwindSafe(f));
+    std::panic::set_hook(hook);
+    result
+}
+
+/// A library message cut to a readable length (a list of every missing tensor can be long).
+fn shorten(message: &str) -> String {
+    const MAX: usize = 200;
+    let line = message.lines().next().unwrap_or_default();
+    match line.char_indices().nth(MAX) {
+        Some((i, _)) => format!("{}...", &line[..i]),
+        None => line.to_string(),
+    }
 }
 
 impl AtomicCheckpointer {

@@ -16,13 +16,16 @@
 //!   report.html            charts and tables of the run (`trainer report`)
 //!   checkpoint/            burn-train's resume state (model, optimizer, schedule) of the
 //!                          last epoch and of the best one
+//!   .lock                  locked by the process training the run, so no other one writes it
 //! ```
 
 use std::path::{Path, PathBuf};
 
-use anyhow::Result;
+use anyhow::{Context, Result, bail};
 use bert_model::Pretrained;
 use bert_model::classifier::BertClassifier;
+use bert_model::params::ModulePath;
+use burn::module::{ModuleMapper, Param};
 use burn::prelude::*;
 
 use crate::config::TrainConfig;
@@ -75,18 +78,65 @@ impl RunDir {
         self.root.join("checkpoint")
     }
 
+    /// The lock file that marks the directory as in use by a training process.
+    pub fn lock_file(&self) -> PathBuf {
+        self.root.join(LOCK_FILE)
+    }
+
     /// A fresh directory under `runs/` for `name`: `runs/<name>`, or `runs/<name>-2`, ... when
-    /// taken, so a new run never mixes its files with an old one.
-    pub fn fresh(base: &Path, name: &str) -> Self {
+    /// taken, so a new run never mixes its files with an old one. The directory is created
+    /// here, atomically, so two runs started at once never pick the same one.
+    pub fn fresh(base: &Path, name: &str) -> Result<Self> {
         let name = if name.is_empty() { "run" } else { name };
+        std::fs::create_dir_all(base)
+            .with_context(|| format!("cannot create {}", base.display()))?;
         let mut candidate = base.join(name);
         let mut i = 2;
-        while candidate.exists() {
-            candidate = base.join(format!("{name}-{i}"));
-            i += 1;
+        loop {
+            match std::fs::create_dir(&candidate) {
+                Ok(()) => return Ok(Self::new(candidate)),
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                    candidate = base.join(format!("{name}-{i}"));
+                    i += 1;
+                }
+                Err(e) => bail!("cannot create {}: {e}", candidate.display()),
+            }
         }
-        Self::new(candidate)
     }
+
+    /// Takes the run directory for this process (an exclusive lock on its `.lock` file, held
+    /// until the returned value is dropped): two processes writing one run would mix their
+    /// files, so the second is refused at once.
+    pub fn lock(&self) -> Result<RunLock> {
+        let path = self.lock_file();
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .with_context(|| format!("cannot open {}", path.display()))?;
+        match file.try_lock() {
+            Ok(()) => Ok(RunLock { _file: file }),
+            Err(std::fs::TryLockError::WouldBlock) => bail!(
+                "{} is in use by another trainer process (it holds {}); wait for it to end, \
+                 or train into another directory",
+                self.root.display(),
+                path.display()
+            ),
+            Err(std::fs::TryLockError::Error(e)) => {
+                bail!("cannot lock {}: {e}", path.display())
+            }
+        }
+    }
+}
+
+/// The name of a run directory's lock file.
+pub const LOCK_FILE: &str = ".lock";
+
+/// A run directory held by this process; the lock goes with the file when dropped (or when the
+/// process ends, however it ends).
+pub struct RunLock {
+    _file: std::fs::File,
 }
 
 /// The classifier of `config` on top of a pretrained BERT, with the method's initial weights
@@ -109,6 +159,34 @@ pub fn build_model(
         .peft
         .method()
         .init_with_tokenizer(model, &pretrained.tokenizer)?)
+}
+
+/// `model` with gradients on exactly the parameters the method trains (`is_trainable`, which
+/// also decides what the parameter counts and the adapter hold). The optimizer updates only
+/// what tracks gradients, and a parameter whose value was replaced after its creation (the
+/// fresh head's zero bias, set through `Param::map`) keeps Burn's trainable flag without the
+/// tracking until a checkpoint reload restores it: it would train only after a resume, and a
+/// resumed run would not reproduce a straight one.
+pub fn trainable_only(model: BertClassifier, config: &TrainConfig) -> BertClassifier {
+    struct RequireGrad<'a> {
+        path: ModulePath,
+        config: &'a TrainConfig,
+    }
+    impl ModuleMapper for RequireGrad<'_> {
+        fn enter_module(&mut self, name: &str, container_type: &str) {
+            self.path.enter(name, container_type);
+        }
+        fn exit_module(&mut self, _name: &str, _container_type: &str) {
+            self.path.exit();
+        }
+        fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
+            param.set_require_grad(self.config.peft.is_trainable(&self.path.path()))
+        }
+    }
+    model.map(&mut RequireGrad {
+        path: ModulePath::default(),
+        config,
+    })
 }
 
 /// Writes `value` as pretty JSON, atomically.

@@ -42,6 +42,12 @@ pub fn run(args: TrainArgs) -> Result<()> {
     let train = &session.config.train;
     let devices = crate::device::for_training(train.device.as_deref(), &train.devices)?;
     let precision = crate::device::set_precision(&devices, train.precision)?;
+    // Its checkpoint holds weights and optimizer state of that precision.
+    anyhow::ensure!(
+        session.resume_from.is_none() || precision == train.precision,
+        "--resume: the run trains in {}, not {precision}; resume it without --precision",
+        train.precision
+    );
     anyhow::ensure!(
         precision != crate::device::Precision::F16,
         "precision f16: training is not supported (AdamW's second moments and epsilon underflow \

@@ -32,6 +32,10 @@ pub fn check_run_dir_free(dir: &Path) -> Result<()> {
     for entry in entries {
         let entry = entry.with_context(|| format!("cannot list {}", dir.display()))?;
         let name = entry.file_name().to_string_lossy().into_owned();
+        // This process's own lock, taken before the check.
+        if name == crate::run::LOCK_FILE {
+            continue;
+        }
         // A temp file of an interrupted atomic write starts with a dot.
         if !(SETUP.contains(&name.as_str()) || name.starts_with('.')) {
             let hint = if RunDir::new(dir).config().is_file() {
@@ -59,13 +63,28 @@ pub struct CreatedDir {
 }
 
 impl CreatedDir {
-    pub fn create(path: &Path, new_run: bool) -> Result<Self> {
-        let existed = path.exists();
-        std::fs::create_dir_all(path)
-            .with_context(|| format!("cannot create {}", path.display()))?;
-        Ok(Self {
-            path: (new_run && !existed).then(|| path.to_path_buf()),
-        })
+    /// Creates `path` (and its parents) if it does not exist. Only the process whose
+    /// `create_dir` succeeded owns it: of two runs started at once, the other one finds it
+    /// existing and never removes it.
+    pub fn create(path: &Path) -> Result<Self> {
+        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+            std::fs::create_dir_all(parent)
+                .with_context(|| format!("cannot create {}", parent.display()))?;
+        }
+        match std::fs::create_dir(path) {
+            Ok(()) => Ok(Self::created(path)),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && path.is_dir() => {
+                Ok(Self { path: None })
+            }
+            Err(e) => bail!("cannot create {}: {e}", path.display()),
+        }
+    }
+
+    /// A directory this process has just created.
+    pub fn created(path: &Path) -> Self {
+        Self {
+            path: Some(path.to_path_buf()),
+        }
     }
 
     pub fn keep(mut self) {

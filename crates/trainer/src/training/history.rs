@@ -1,5 +1,6 @@
 //! The per-epoch record of a run: `metrics.json`, and the best epoch by the chosen metric.
 
+use anyhow::{Result, bail};
 use serde_json::json;
 
 use crate::config::SelectMetric;
@@ -7,12 +8,48 @@ use crate::metrics::MetricKey;
 use crate::renderer::{EpochRecord, SplitValues};
 use crate::run::RunDir;
 
-pub fn load_history(run: &RunDir) -> Vec<EpochRecord> {
-    let Ok(text) = std::fs::read_to_string(run.metrics()) else {
-        return Vec::new();
+/// The epochs recorded in a resumed run's metrics.json up to `last`, its last checkpoint
+/// (later ones are trained again). The run's best epoch is chosen from this record, so a
+/// damaged file, or one without an epoch the checkpoints have finished, is an error naming it:
+/// starting the record afresh would lose those epochs and could keep a worse one.
+pub fn resumed_history(run: &RunDir, last: usize) -> Result<Vec<EpochRecord>> {
+    let path = run.metrics();
+    let fix = "restore it, or start a new run";
+    let mut records: Vec<EpochRecord> = match std::fs::read_to_string(&path) {
+        Ok(text) => {
+            let doc: serde_json::Value = match serde_json::from_str(&text) {
+                Ok(doc) => doc,
+                Err(e) => bail!(
+                    "cannot resume: {} is not valid JSON ({e}); {fix}",
+                    path.display()
+                ),
+            };
+            let raw = doc.get("raw").cloned().unwrap_or_default();
+            match serde_json::from_value(raw) {
+                Ok(records) => records,
+                Err(e) => bail!(
+                    "cannot resume: {} has no readable per-epoch record (`raw`: {e}); {fix}",
+                    path.display()
+                ),
+            }
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+        Err(e) => bail!("cannot resume: cannot read {}: {e}", path.display()),
     };
-    let doc: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
-    serde_json::from_value(doc["raw"].clone()).unwrap_or_default()
+    records.retain(|r| r.epoch <= last);
+    let missing: Vec<String> = (1..=last)
+        .filter(|e| !records.iter().any(|r| r.epoch == *e))
+        .map(|e| e.to_string())
+        .collect();
+    if !missing.is_empty() {
+        bail!(
+            "cannot resume: {} has no record of epoch {} (checkpoint/ holds the run after \
+             epoch {last}); {fix}",
+            path.display(),
+            missing.join(", ")
+        );
+    }
+    Ok(records)
 }
 
 fn select_value(r: &EpochRecord, select: SelectMetric) -> Option<f64> {

@@ -36,9 +36,12 @@ use crate::evaluation::{Evaluation, evaluate_csv};
 use crate::metrics::{ConfusionMetric, MetricKey, ThroughputMetric};
 use crate::progress::thousands;
 use crate::renderer::{EpochRecord, History, renderer};
-use crate::run::{RunDir, build_model, write_json};
+use crate::run::{RunDir, RunLock, build_model, write_json};
 use crate::schedule::LinearWarmup;
 use data::{CreatedDir, Prepared};
+
+/// Recipe keys that may differ on `--resume`: where the run trains, not what it computes.
+const RESUME_FREE_KEYS: [&str; 2] = ["name", "train.device"];
 
 /// A run being trained: its directory, its resolved recipe, and where it starts.
 pub struct Session {
@@ -46,33 +49,59 @@ pub struct Session {
     pub config: TrainConfig,
     /// `None` for a new run; the last complete epoch (0: none) for a resumed one.
     pub resume_from: Option<usize>,
-    /// Data counts, parameters and steps, for summary.json.
+    /// Data counts, parameters, steps and the recipe, for summary.json.
     summary: serde_json::Value,
+    /// The epochs already recorded in metrics.json (a resumed run's, up to `resume_from`).
+    history: Vec<EpochRecord>,
+    /// Optimizer steps of the whole run, known once the data is prepared.
+    total_steps: usize,
+    /// A new run's directory until its setup is complete: removed if the run fails before.
+    /// (Declared before the lock, so it is removed while the lock is still held.)
+    created: Option<CreatedDir>,
+    /// The run directory belongs to this process for the whole run.
+    _lock: RunLock,
 }
 
 impl Session {
     /// A new run of the recipe at `config` (with `--set` overrides), in `run_dir` or a fresh
-    /// `runs/<name>`.
+    /// `runs/<name>`, which this process holds (locked) until the session is dropped.
     pub fn new(config: &Path, overrides: &[String], run_dir: Option<&Path>) -> Result<Self> {
         let config = TrainConfig::load(config, overrides)?;
-        let run = match run_dir {
-            Some(d) => {
-                data::check_run_dir_free(d)?;
-                RunDir::new(d)
+        let (run, created) = match run_dir {
+            Some(d) => (RunDir::new(d), CreatedDir::create(d)?),
+            None => {
+                let run = RunDir::fresh(Path::new("runs"), &config.name)?;
+                let created = CreatedDir::created(&run.root);
+                (run, created)
             }
-            None => RunDir::fresh(Path::new("runs"), &config.name),
         };
+        let lock = match run.lock() {
+            Ok(lock) => lock,
+            Err(e) => {
+                // The process holding it may have created it too: leave it alone.
+                created.keep();
+                return Err(e);
+            }
+        };
+        data::check_run_dir_free(&run.root)?;
         Ok(Self {
             run,
             config,
             resume_from: None,
             summary: json!({}),
+            history: Vec::new(),
+            total_steps: 0,
+            created: Some(created),
+            _lock: lock,
         })
     }
 
     /// The interrupted run in `run_dir`, from its last complete epoch. A run killed before its
     /// first checkpoint starts its first epoch again, from the same seeds and split, so the
-    /// result is the straight run's.
+    /// result is the straight run's. Only the same recipe continues: `--set` overrides other
+    /// than where it trains, or a config.toml edited since the run started, are refused with
+    /// the keys that differ, as are an unreadable summary.json or metrics.json (the run would
+    /// rewrite them without what they hold).
     pub fn resume(run_dir: &Path, overrides: &[String]) -> Result<Self> {
         let run = RunDir::new(run_dir);
         if !run.config().is_file() {
@@ -83,14 +112,31 @@ impl Session {
                 run.root.display()
             );
         }
-        let config = TrainConfig::load(&run.config(), overrides)
-            .context("cannot resume: the run's config.toml")?;
+        let lock = run.lock()?;
+        let config_path = run.config();
+        let saved = TrainConfig::load(&config_path, &[]).context("cannot resume")?;
+        let config = TrainConfig::load(&config_path, overrides).context("cannot resume")?;
+        let changed = differing_keys(&saved, &config)?;
+        if !changed.is_empty() {
+            bail!(
+                "--resume: the recipe differs from the run's config.toml at {}; a resumed run \
+                 trains its own recipe (start a new run for another one)",
+                changed.join(", ")
+            );
+        }
+        let summary = read_summary(&run)?;
+        check_recorded_recipe(&run, &summary)?;
         let last = crate::checkpoint::last_complete(&run.checkpoints()).unwrap_or(0);
+        let history = history::resumed_history(&run, last)?;
         Ok(Self {
             run,
             config,
             resume_from: Some(last),
-            summary: json!({}),
+            summary,
+            history,
+            total_steps: 0,
+            created: None,
+            _lock: lock,
         })
     }
 
@@ -119,13 +165,13 @@ impl Session {
     ) -> Result<(Prepared, BertClassifier)> {
         let main = devices.first().context("no device to train on")?;
         let device = &main.clone().autodiff();
-        let created = CreatedDir::create(&self.run.root, self.resume_from.is_none())?;
         let tokenizer = &pretrained.tokenizer;
         let data = match self.resume_from {
             Some(_) => data::prepare_resumed(&self.run, &self.config, tokenizer)?,
             None => data::prepare(&self.run, &self.config, tokenizer)?,
         };
         let model = build_model(pretrained, &self.config, data.labels.len(), device)?;
+        let model = crate::run::trainable_only(model, &self.config);
         model
             .check_input_length(self.config.model.max_length)
             .context("model.max_length and peft.num_virtual_tokens")?;
@@ -142,22 +188,61 @@ impl Session {
             self.config.train.batch_size,
             devices.len(),
         );
-        let mut summary = data.summary.clone();
+        let epochs = self.config.train.epochs;
+        self.total_steps = steps_per_epoch.checked_mul(epochs).with_context(|| {
+            format!(
+                "train.epochs = {epochs}: {epochs} epochs of {steps_per_epoch} steps are more \
+                 steps than can be counted"
+            )
+        })?;
+        let mut summary = match self.resume_from {
+            Some(_) => self.summary.clone(),
+            None => data.summary.clone(),
+        };
         summary["params"] = json!({"trainable": trainable, "total": total});
         summary["steps"] = json!({
             "per_epoch": steps_per_epoch,
-            "total": steps_per_epoch * self.config.train.epochs,
+            "total": self.total_steps,
         });
         let names: Vec<String> = devices.iter().map(crate::device::describe).collect();
         summary["device"] = json!(names.join(", "));
-        if self.resume_from.is_none() {
-            write_json(&self.run.summary(), &summary)?;
-            let toml = self.config.to_toml();
-            bert_model::fsutil::write_atomic(&self.run.config(), toml.as_bytes())?;
+        match self.resume_from {
+            Some(epoch) => self.check_checkpoints(epoch, steps_per_epoch, &model)?,
+            None => {
+                // What resuming compares config.toml with.
+                summary["recipe"] = serde_json::to_value(&self.config)?;
+                write_json(&self.run.summary(), &summary)?;
+                let toml = self.config.to_toml();
+                bert_model::fsutil::write_atomic(&self.run.config(), toml.as_bytes())?;
+            }
         }
         self.summary = summary;
-        created.keep();
+        if let Some(created) = self.created.take() {
+            created.keep();
+        }
         Ok((data, model))
+    }
+
+    /// Reads the resume state of `epoch` (and the best epoch's model, which the run keeps at
+    /// its end) and checks it against the model and the schedule now built: a damaged or
+    /// foreign checkpoint is an error naming its file here, not a panic inside burn-train.
+    fn check_checkpoints(
+        &self,
+        epoch: usize,
+        steps_per_epoch: usize,
+        model: &BertClassifier,
+    ) -> Result<()> {
+        if epoch == 0 {
+            return Ok(());
+        }
+        let dir = self.run.checkpoints();
+        let steps = steps_per_epoch.checked_mul(epoch).context("step count")?;
+        crate::checkpoint::check_resumable(&dir, epoch, model, steps)?;
+        let best = history::best_epoch(&self.history, self.config.train.select_metric);
+        if let Some(best) = best.filter(|b| b.epoch != epoch) {
+            crate::checkpoint::check_model(&dir, best.epoch, model)?;
+        }
+        Ok(())
     }
 
     /// Trains `model` on `data` with burn-train's Learner: AdamW, HF's linear warmup schedule,
@@ -180,8 +265,7 @@ impl Session {
             .unwrap_or_else(crate::device::device);
         let batcher = ClassificationBatcher { pad_id };
         let batch = config.train.batch_size;
-        let total_steps =
-            steps_per_epoch(data.train.len(), batch, devices.len()) * config.train.epochs;
+        let total_steps = self.total_steps;
         let labels = data.labels.names().to_vec();
         let train_loader = EpochLoader::new(data.train, batcher, batch, device)
             .shuffled(config.train.seed)
@@ -195,7 +279,7 @@ impl Session {
             .init();
         let schedule = LinearWarmup::new(config.train.lr, config.train.warmup_ratio, total_steps);
 
-        let history: History = Arc::new(Mutex::new(history::load_history(run)));
+        let history: History = Arc::new(Mutex::new(self.history.clone()));
         let select = config.train.select_metric;
         let metrics_file = run.metrics();
         let on_epoch = Box::new(move |records: &[EpochRecord]| {
@@ -327,10 +411,7 @@ impl Session {
             &pretrained.config,
             &config.model.source,
         )?;
-        let mut summary: serde_json::Value = std::fs::read_to_string(run.summary())
-            .ok()
-            .and_then(|t| serde_json::from_str(&t).ok())
-            .unwrap_or_else(|| self.summary.clone());
+        let mut summary = self.summary.clone();
         let select_key = MetricKey::from(select);
         summary["best_epoch"] = json!(best.epoch);
         summary["select_metric"] = json!(select_key.display());
@@ -385,6 +466,95 @@ impl Session {
         );
         Ok(eval.with_temperature(calibration.temperature))
     }
+}
+
+/// The dotted keys at which two recipes differ (a different `peft.method` is that one key,
+/// not every key of both methods), leaving out [`RESUME_FREE_KEYS`].
+fn differing_keys(a: &TrainConfig, b: &TrainConfig) -> Result<Vec<String>> {
+    let (a, b) = (serde_json::to_value(a)?, serde_json::to_value(b)?);
+    let mut keys = Vec::new();
+    diff_values("", &a, &b, &mut keys);
+    keys.retain(|k| !RESUME_FREE_KEYS.contains(&k.as_str()));
+    Ok(keys)
+}
+
+fn diff_values(prefix: &str, a: &serde_json::Value, b: &serde_json::Value, out: &mut Vec<String>) {
+    use serde_json::Value;
+    let join = |k: &str| {
+        if prefix.is_empty() {
+            k.to_string()
+        } else {
+            format!("{prefix}.{k}")
+        }
+    };
+    match (a, b) {
+        (Value::Object(x), Value::Object(y)) => {
+            if prefix == "peft" && x.get("method") != y.get("method") {
+                out.push(join("method"));
+                return;
+            }
+            let mut names: Vec<&String> = x.keys().chain(y.keys()).collect();
+            names.sort();
+            names.dedup();
+            let null = Value::Null;
+            for k in names {
+                let (va, vb) = (x.get(k).unwrap_or(&null), y.get(k).unwrap_or(&null));
+                diff_values(&join(k), va, vb, out);
+            }
+        }
+        _ if a != b => out.push(prefix.to_string()),
+        _ => {}
+    }
+}
+
+/// A resumed run's summary.json, which it completes at its end: unreadable, it would be
+/// rewritten without its data counts, so it is an error naming the file.
+fn read_summary(run: &RunDir) -> Result<serde_json::Value> {
+    let path = run.summary();
+    let text = std::fs::read_to_string(&path)
+        .with_context(|| format!("cannot resume: cannot read {}", path.display()))?;
+    match serde_json::from_str::<serde_json::Value>(&text) {
+        Ok(value) if value.is_object() && value.get("data").is_some() => Ok(value),
+        Ok(_) => bail!(
+            "cannot resume: {} is not this run's summary (no `data` section); restore it or \
+             start a new run",
+            path.display()
+        ),
+        Err(e) => bail!(
+            "cannot resume: {} is not valid JSON ({e}); restore it or start a new run",
+            path.display()
+        ),
+    }
+}
+
+/// The run's config.toml against the recipe recorded in summary.json when the run started
+/// (runs from before that record have none): an edited config.toml would resume a
+/// checkpoint of one recipe with another.
+fn check_recorded_recipe(run: &RunDir, summary: &serde_json::Value) -> Result<()> {
+    let Some(recorded) = summary.get("recipe") else {
+        return Ok(());
+    };
+    let path = run.config();
+    let recorded: TrainConfig = serde_json::from_value(recorded.clone()).with_context(|| {
+        format!(
+            "cannot resume: {}: its `recipe` section is not a recipe",
+            run.summary().display()
+        )
+    })?;
+    let text = std::fs::read_to_string(&path)
+        .with_context(|| format!("cannot resume: cannot read {}", path.display()))?;
+    let current: TrainConfig = toml::from_str(&text)
+        .with_context(|| format!("cannot resume: {}: invalid config", path.display()))?;
+    let changed = differing_keys(&recorded, &current)?;
+    if !changed.is_empty() {
+        bail!(
+            "--resume: {} was edited since the run started: it differs from the recipe \
+             recorded in summary.json at {}; restore it, or start a new run for another recipe",
+            path.display(),
+            changed.join(", ")
+        );
+    }
+    Ok(())
 }
 
 /// Optimizer steps per epoch. With several devices there is one per round of one batch per
@@ -456,7 +626,26 @@ pub fn save_trainable(
 
 #[cfg(test)]
 mod tests {
-    use super::{StopEarly, steps_per_epoch};
+    use super::{StopEarly, differing_keys, steps_per_epoch};
+    use crate::config::TrainConfig;
+
+    #[test]
+    fn recipes_differ_at_named_keys_and_a_method_change_is_one_key() {
+        let base = TrainConfig::default();
+        let mut other = base.clone();
+        other.train.lr = 0.5;
+        other.train.epochs = 7;
+        other.train.device = Some("flex".into());
+        other.name = "elsewhere".into();
+        assert_eq!(
+            differing_keys(&base, &other).unwrap(),
+            ["train.epochs", "train.lr"]
+        );
+        let mut lora = base.clone();
+        lora.peft = toml::from_str("method = \"lora\"").unwrap();
+        assert_eq!(differing_keys(&base, &lora).unwrap(), ["peft.method"]);
+        assert!(differing_keys(&base, &base.clone()).unwrap().is_empty());
+    }
 
     #[test]
     fn training_stops_after_a_diverged_epoch_or_the_requested_one() {
