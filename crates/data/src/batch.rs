@@ -2,7 +2,9 @@
 //!
 //! Batches are padded to their longest item (dynamic padding), not to `max_length`: headlines
 //! are short, and a batch of 12-token titles padded to 32 would spend most of its compute on
-//! padding.
+//! padding. On a GPU the length is rounded up to a multiple of
+//! [`bert_model::tokenizer::length_step`] (within `max_length`), since each new shape there
+//! costs a kernel compilation and autotuning; padding is masked, so results do not change.
 //!
 //! The loader shuffles the training set with a permutation derived from `(seed, epoch)`, not
 //! from a generator that advances through the run. Epoch `k` therefore sees the same batches
@@ -17,7 +19,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use bert_model::classifier::ClassificationBatch;
-use bert_model::tokenizer::{Encoded, pad_batch};
+use bert_model::tokenizer::{Encoded, bucketed_len, length_step, pad_batch_to};
 use burn::data::dataloader::batcher::Batcher;
 use burn::data::dataloader::{DataLoader, DataLoaderIterator, Progress};
 use burn::data::dataset::DatasetError;
@@ -32,18 +34,29 @@ pub struct Example {
     pub label: usize,
 }
 
-/// Pads a list of examples to the longest one and stacks the labels.
+/// Pads a list of examples to the longest one (rounded up on GPUs) and stacks the labels.
 #[derive(Debug, Clone, Copy)]
 pub struct ClassificationBatcher {
     pub pad_id: u32,
+    /// The tokenizer's max length: rounding never pads past it.
+    pub max_length: usize,
+}
+
+impl ClassificationBatcher {
+    /// The padded length of a batch whose longest item has `longest` tokens, on `device`.
+    pub fn padded_len(&self, longest: usize, device: &Device) -> usize {
+        bucketed_len(longest, length_step(device), self.max_length)
+    }
 }
 
 impl Batcher<Example, ClassificationBatch> for ClassificationBatcher {
     fn batch(&self, items: Vec<Example>, device: &Device) -> ClassificationBatch {
         let encoded: Vec<Encoded> = items.iter().map(|e| e.encoded.clone()).collect();
         let labels: Vec<i64> = items.iter().map(|e| e.label as i64).collect();
+        let longest = encoded.iter().map(Encoded::len).max().unwrap_or(0);
+        let len = self.padded_len(longest, device);
         ClassificationBatch {
-            input: pad_batch(&encoded, self.pad_id, device),
+            input: pad_batch_to(&encoded, self.pad_id, len, device),
             labels: Tensor::from_data(TensorData::new(labels, [items.len()]), device),
         }
     }
@@ -267,8 +280,12 @@ mod tests {
     #[test]
     fn batches_pad_to_the_longest_item() {
         let device = Device::default();
-        let b = ClassificationBatcher { pad_id: 0 }
-            .batch(vec![example(3, 1), example(5, 0), example(2, 1)], &device);
+        // A max length equal to the longest item: no rounding up, on any device.
+        let b = ClassificationBatcher {
+            pad_id: 0,
+            max_length: 5,
+        }
+        .batch(vec![example(3, 1), example(5, 0), example(2, 1)], &device);
         assert_eq!(b.input.input_ids.dims(), [3, 5]);
         assert_eq!(b.input.attention_mask.dims(), [3, 5]);
         let mask: Vec<f32> = b.input.attention_mask.into_data().try_to_vec().unwrap();
@@ -294,7 +311,10 @@ mod tests {
             .collect();
         let loader = EpochLoader::new(
             items.clone(),
-            ClassificationBatcher { pad_id: 0 },
+            ClassificationBatcher {
+                pad_id: 0,
+                max_length: 512,
+            },
             4,
             &device,
         )
@@ -304,9 +324,17 @@ mod tests {
         let (e1, e2) = (loader.order(1), loader.order(2));
         assert_ne!(e1, e2);
         // A resumed loader serves epoch 2 first, in epoch 2's order.
-        let resumed = EpochLoader::new(items, ClassificationBatcher { pad_id: 0 }, 4, &device)
-            .shuffled(5)
-            .starting_after_epoch(1);
+        let resumed = EpochLoader::new(
+            items,
+            ClassificationBatcher {
+                pad_id: 0,
+                max_length: 512,
+            },
+            4,
+            &device,
+        )
+        .shuffled(5)
+        .starting_after_epoch(1);
         let mut it = resumed.iter();
         let first = it.next().unwrap().unwrap();
         let first_ids: Vec<i64> = first
@@ -331,7 +359,10 @@ mod tests {
         let loader = |seed| {
             EpochLoader::new(
                 items.clone(),
-                ClassificationBatcher { pad_id: 0 },
+                ClassificationBatcher {
+                    pad_id: 0,
+                    max_length: 512,
+                },
                 8,
                 &device,
             )

@@ -225,6 +225,17 @@ pub fn bucketed_len(longest: usize, step: usize, cap: usize) -> usize {
     longest.div_ceil(step).saturating_mul(step).min(cap)
 }
 
+/// Batch lengths are padded to a multiple of this on `device`: 1 on the host; 8 on a GPU, where
+/// kernels are compiled and autotuned for each new shape (measured on an H100 through wgpu:
+/// ~150 ms a batch while shapes were new), so a stream of batches meets a few lengths only.
+pub fn length_step(device: &Device) -> usize {
+    if crate::kernels::is_host(device) {
+        1
+    } else {
+        8
+    }
+}
+
 /// [`pad_batch`] to `len` tokens (at least the longest item's).
 pub fn pad_batch_to(items: &[Encoded], pad_id: u32, len: usize, device: &Device) -> BertInput {
     let batch = items.len();

@@ -6,13 +6,13 @@ use std::collections::BTreeMap;
 
 mod common;
 
-use bert_model::BertConfig;
 use bert_model::BertTokenizer;
 use bert_model::classifier::{BertClassifier, ClassificationBatch};
 use bert_model::load::load_bert;
 use bert_model::params;
 use bert_model::peft::{PeftConfig, PromptTuningInit};
 use bert_model::weights::{Checkpoint, RawTensor};
+use bert_model::{BertConfig, BertInput};
 use burn::module::{ModuleVisitor, Param};
 use burn::prelude::*;
 use burn::tensor::Gradients;
@@ -57,6 +57,21 @@ fn tensors(v: &Value) -> BTreeMap<String, RawTensor> {
             (k.clone(), if linear { t.transposed() } else { t })
         })
         .collect()
+}
+
+/// `input` with `extra` more padding columns (pad id 0, masked out).
+fn padded_by(input: BertInput, extra: usize) -> BertInput {
+    let [b, _] = input.input_ids.dims();
+    let device = input.input_ids.device();
+    let ids = Tensor::<2, Int>::zeros([b, extra], &device);
+    BertInput {
+        input_ids: Tensor::cat(vec![input.input_ids, ids.clone()], 1),
+        token_type_ids: Tensor::cat(vec![input.token_type_ids, ids], 1),
+        attention_mask: Tensor::cat(
+            vec![input.attention_mask, Tensor::zeros([b, extra], &device)],
+            1,
+        ),
+    }
 }
 
 /// Every method (prefix tuning with and without projection, prompt tuning with random and text
@@ -126,6 +141,23 @@ fn one_training_step_matches_peft_for_every_method() {
         assert!(
             max_diff(&logits, &flat(&case["logits"])) < TOL,
             "{name}: logits"
+        );
+
+        // Padding is masked: the same batch padded further (as GPU batches are, to a multiple
+        // of 8 tokens) gives the same loss and logits.
+        let padded = model.forward_classification(ClassificationBatch {
+            input: padded_by(fixture_input(&exp, &device), 5),
+            labels: Tensor::from_data(TensorData::new(ints(&case["labels"]), [n]), &device),
+        });
+        let padded_logits = padded.logits.into_data().try_to_vec::<f32>().unwrap();
+        assert!(
+            max_diff(&padded_logits, &logits) < TOL,
+            "{name}: logits change with padding"
+        );
+        let padded_loss = padded.loss.into_scalar::<f32>();
+        assert!(
+            (padded_loss - loss).abs() < TOL,
+            "{name}: loss {padded_loss} padded, {loss} not"
         );
 
         let grads = step.loss.backward();

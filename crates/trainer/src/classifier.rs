@@ -284,9 +284,9 @@ impl Classifier {
 
 /// The input shapes inference pads its batches to. On the host each batch is as long as its
 /// longest text and as wide as its count. GPU backends compile and autotune kernels for each new
-/// shape (measured on an H100 through wgpu: ~150 ms a batch while shapes were new), so there
-/// lengths are rounded up to a multiple of 8 and row counts to a power of two: a stream of
-/// batches (`predict --input`, `serve`'s micro-batches) then meets a few dozen shapes at most.
+/// shape, so there lengths are rounded up ([`bert_model::tokenizer::length_step`]) and row
+/// counts to a power of two: a stream of batches (`predict --input`, `serve`'s micro-batches)
+/// then meets a few dozen shapes at most.
 struct BatchShapes {
     length_step: usize,
     max_length: usize,
@@ -294,12 +294,10 @@ struct BatchShapes {
 }
 
 impl BatchShapes {
-    const GPU_LENGTH_STEP: usize = 8;
-
     fn for_device(device: &Device, batch_size: usize, max_length: Option<usize>) -> Self {
         let host = bert_model::kernels::is_host(device);
         Self {
-            length_step: if host { 1 } else { Self::GPU_LENGTH_STEP },
+            length_step: bert_model::tokenizer::length_step(device),
             max_length: max_length.unwrap_or(usize::MAX),
             max_rows: (!host).then_some(batch_size.max(1)),
         }

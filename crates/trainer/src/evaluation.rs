@@ -88,6 +88,7 @@ pub fn evaluate_csv(
     }
     let batcher = ClassificationBatcher {
         pad_id: classifier.tokenizer.pad_id(),
+        max_length: classifier.tokenizer.max_length().unwrap_or(usize::MAX),
     };
     let mut eval = evaluate(
         &classifier.model,

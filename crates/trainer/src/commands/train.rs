@@ -3,6 +3,7 @@
 use std::path::PathBuf;
 
 use anyhow::{Context, Result};
+use bert_data::ClassificationBatcher;
 use clap::Args;
 
 use crate::training::Session;
@@ -61,8 +62,11 @@ pub fn run(args: TrainArgs) -> Result<()> {
     let device = devices.first().context("no device to train on")?.clone();
     let pretrained = session.load_model(&device.clone().autodiff())?;
     let (data, model) = session.prepare(&pretrained, &devices)?;
-    let pad_id = pretrained.tokenizer.pad_id();
-    let (result, history) = session.fit(data, model, pad_id, &devices, args.stop_after);
+    let batcher = ClassificationBatcher {
+        pad_id: pretrained.tokenizer.pad_id(),
+        max_length: pretrained.tokenizer.max_length().unwrap_or(usize::MAX),
+    };
+    let (result, history) = session.fit(data, model, batcher, &devices, args.stop_after);
     session.finish(result, &history, &pretrained)?;
     // The run is complete without these (probabilities are then the plain softmax): a failure
     // here is reported, not fatal.

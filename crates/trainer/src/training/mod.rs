@@ -254,7 +254,7 @@ impl Session {
         &self,
         data: Prepared,
         model: BertClassifier,
-        pad_id: u32,
+        batcher: ClassificationBatcher,
         devices: &[Device],
         stop_after: Option<usize>,
     ) -> (LearningResult<BertClassifier>, History) {
@@ -263,7 +263,6 @@ impl Session {
             .first()
             .cloned()
             .unwrap_or_else(crate::device::device);
-        let batcher = ClassificationBatcher { pad_id };
         let batch = config.train.batch_size;
         let total_steps = self.total_steps;
         let labels = data.labels.names().to_vec();
