@@ -1,10 +1,11 @@
 //! `trainer serve` on 127.0.0.1 with port 0: endpoints, two adapters sharing one base model
 //! answering differently, micro-batched concurrent clients, limits and malformed requests as
-//! JSON 4xx errors, a graceful stop on SIGTERM, and what hostile or vanished clients cannot do:
-//! hold the queue, the connections or the shutdown.
+//! JSON 4xx errors, a graceful stop on SIGTERM, what hostile or vanished clients cannot do:
+//! hold the queue, the connections or the shutdown, and the metrics that show all of it.
 
 mod common;
 
+use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::path::Path;
@@ -118,7 +119,14 @@ fn exchange(
 
 /// Reads a response until the server closes the connection (20 s at most); (status, head,
 /// JSON body).
-fn read_response(mut s: TcpStream) -> (u16, String, Value) {
+fn read_response(s: TcpStream) -> (u16, String, Value) {
+    let (status, head, body) = read_text(s);
+    let value = serde_json::from_str(&body).unwrap_or_else(|_| panic!("not JSON: {body:?}"));
+    (status, head, value)
+}
+
+/// The same with the body as text.
+fn read_text(mut s: TcpStream) -> (u16, String, String) {
     s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
     let mut response = Vec::new();
     s.read_to_end(&mut response).unwrap();
@@ -127,8 +135,98 @@ fn read_response(mut s: TcpStream) -> (u16, String, Value) {
         .split_once("\r\n\r\n")
         .unwrap_or_else(|| panic!("no response: {text:?}"));
     let status: u16 = head.split(' ').nth(1).unwrap().parse().unwrap();
-    let value = serde_json::from_str(body).unwrap_or_else(|_| panic!("not JSON: {body:?}"));
-    (status, head.to_string(), value)
+    (status, head.to_string(), body.to_string())
+}
+
+/// `GET /metrics` with extra header lines; (status, head, body).
+fn get_metrics(addr: &str, headers: &str) -> (u16, String, String) {
+    let mut s = TcpStream::connect(addr).unwrap();
+    write!(
+        s,
+        "GET /metrics HTTP/1.1\r\nHost: {addr}\r\n{headers}Connection: close\r\n\r\n"
+    )
+    .unwrap();
+    read_text(s)
+}
+
+/// A `/metrics` scrape checked for the text format's rules: 200 with its content type, every
+/// sample after its family's `# HELP` and `# TYPE` lines, and histogram buckets cumulative,
+/// ending with `+Inf` equal to `_count`. The samples by series (name and labels as written).
+fn scrape(addr: &str, headers: &str) -> BTreeMap<String, f64> {
+    let (status, head, body) = get_metrics(addr, headers);
+    assert_eq!(status, 200, "{body}");
+    assert!(
+        head.to_ascii_lowercase()
+            .contains("\r\ncontent-type: text/plain; version=0.0.4; charset=utf-8"),
+        "{head}"
+    );
+    let mut types: BTreeMap<String, String> = BTreeMap::new();
+    let mut helped = Vec::new();
+    let mut samples = BTreeMap::new();
+    // Per histogram series (name and labels but `le`): its buckets in order.
+    let mut buckets: BTreeMap<String, Vec<(String, f64)>> = BTreeMap::new();
+    for line in body.lines() {
+        if let Some(help) = line.strip_prefix("# HELP ") {
+            helped.push(help.split(' ').next().unwrap().to_string());
+            continue;
+        }
+        if let Some(t) = line.strip_prefix("# TYPE ") {
+            let (name, kind) = t.split_once(' ').unwrap();
+            assert_eq!(helped.last().map(String::as_str), Some(name), "{line}");
+            assert!(types.insert(name.into(), kind.into()).is_none(), "{line}");
+            continue;
+        }
+        let (series, value) = line.rsplit_once(' ').unwrap();
+        let value: f64 = value.parse().unwrap_or_else(|_| panic!("{line}"));
+        let name = series.split('{').next().unwrap();
+        assert!(name.starts_with("trainer_serve_"), "{line}");
+        let family = ["_bucket", "_sum", "_count"]
+            .iter()
+            .filter_map(|s| name.strip_suffix(s))
+            .find(|f| types.get(*f).is_some_and(|k| k == "histogram"))
+            .unwrap_or(name);
+        assert!(
+            types.contains_key(family) && helped.last().map(String::as_str) == Some(family),
+            "{line} is not under its family's TYPE line"
+        );
+        if let Some(base) = name.strip_suffix("_bucket") {
+            let labels = &series[name.len()..];
+            let (rest, le) = labels
+                .trim_start_matches('{')
+                .trim_end_matches('}')
+                .rsplit_once("le=")
+                .unwrap_or_else(|| panic!("{line}"));
+            let rest = rest.trim_end_matches(',');
+            let count = if rest.is_empty() {
+                format!("{base}_count")
+            } else {
+                format!("{base}_count{{{rest}}}")
+            };
+            buckets
+                .entry(count)
+                .or_default()
+                .push((le.trim_matches('"').to_string(), value));
+        }
+        assert!(
+            samples.insert(series.to_string(), value).is_none(),
+            "{line} twice"
+        );
+    }
+    assert!(!buckets.is_empty(), "{body}");
+    for (count, bs) in &buckets {
+        assert!(bs.windows(2).all(|w| w[0].1 <= w[1].1), "{count}: {bs:?}");
+        let (le, last) = bs.last().unwrap();
+        assert_eq!(le, "+Inf", "{count}: {bs:?}");
+        assert_eq!(Some(last), samples.get(count), "{count}: {bs:?}");
+    }
+    samples
+}
+
+/// One sample of a scrape.
+fn sample(samples: &BTreeMap<String, f64>, series: &str) -> f64 {
+    *samples
+        .get(series)
+        .unwrap_or_else(|| panic!("no {series} in {samples:#?}"))
 }
 
 fn classify(addr: &str, body: Value) -> (u16, Value) {
@@ -382,6 +480,11 @@ fn one_failing_request_stalled_clients_and_keys_do_not_take_the_service_down() {
         std::thread::sleep(Duration::from_millis(100));
     }
     assert!(healthy, "/healthz never came back");
+    let m = scrape(&addr, key);
+    assert_eq!(sample(&m, "trainer_serve_inference_restarts_total"), 1.0);
+    assert_eq!(sample(&m, "trainer_serve_inference_up"), 1.0);
+    let failed = r#"trainer_serve_requests_total{route="/v1/classify",code="500",adapter="a"}"#;
+    assert_eq!(sample(&m, failed), 1.0);
 
     // Half a header, or nothing at all: dropped after the 1 s header timeout.
     let mut half = TcpStream::connect(&addr).unwrap();
@@ -446,6 +549,98 @@ fn one_run() -> tempfile::TempDir {
     tmp
 }
 
+#[test]
+fn metrics_count_requests_in_prometheus_text_behind_the_key() {
+    let tmp = one_run();
+    // An adapter name with each character a label value must have escaped.
+    let odd = "an \"odd\" \\name\nhere";
+    let server = serve(
+        tmp.path(),
+        &["--api-key", "k", "--adapter", &format!("{odd}=a")],
+    );
+    let addr = server.addr.clone();
+    let key = "Authorization: Bearer k\r\n";
+
+    // Only /healthz is open.
+    let (status, _, body) = get_metrics(&addr, "");
+    assert_eq!(status, 401, "{body}");
+    assert_eq!(get_metrics(&addr, "Authorization: Bearer nope\r\n").0, 401);
+    assert_eq!(http(&addr, "GET", "/healthz", b"").0, 200);
+
+    let post = |body: Value| {
+        http_with(
+            &addr,
+            "POST",
+            "/v1/classify",
+            key,
+            body.to_string().as_bytes(),
+        )
+        .0
+    };
+    assert_eq!(post(json!({"texts": ["秘密标题", "国务院发布通知"]})), 200);
+    assert_eq!(post(json!({"texts": ["第三"], "adapter": odd})), 200);
+    assert_eq!(post(json!({"texts": []})), 400);
+    assert_eq!(post(json!({"texts": ["x"], "adapter": "nope"})), 404);
+
+    let m = scrape(&addr, key);
+    let odd = r#"an \"odd\" \\name\nhere"#;
+    let requests = |route: &str, code: u16, adapter: &str| {
+        sample(
+            &m,
+            &format!(
+                "trainer_serve_requests_total{{route=\"{route}\",code=\"{code}\",adapter=\"{adapter}\"}}"
+            ),
+        )
+    };
+    assert_eq!(requests("/v1/classify", 200, "a"), 1.0);
+    assert_eq!(requests("/v1/classify", 200, odd), 1.0);
+    assert_eq!(requests("/v1/classify", 400, ""), 1.0);
+    assert_eq!(requests("/v1/classify", 404, ""), 1.0);
+    assert_eq!(requests("/metrics", 401, ""), 2.0);
+    assert_eq!(requests("/healthz", 200, ""), 1.0);
+    let texts = |adapter: &str| {
+        sample(
+            &m,
+            &format!("trainer_serve_texts_classified_total{{adapter=\"{adapter}\"}}"),
+        )
+    };
+    assert_eq!((texts("a"), texts(odd)), (2.0, 1.0));
+    // One forward pass per request, sent one after another.
+    assert_eq!(sample(&m, "trainer_serve_batch_texts_count"), 2.0);
+    assert_eq!(sample(&m, "trainer_serve_batch_texts_sum"), 3.0);
+    assert_eq!(
+        sample(&m, r#"trainer_serve_batch_texts_bucket{le="1"}"#),
+        1.0
+    );
+    let latency = |route: &str, part: &str| {
+        sample(
+            &m,
+            &format!("trainer_serve_request_duration_seconds_{part}{{route=\"{route}\"}}"),
+        )
+    };
+    assert_eq!(latency("/v1/classify", "count"), 4.0);
+    assert!(latency("/v1/classify", "sum") > 0.0);
+    // The two refused scrapes; this one is counted once answered.
+    assert_eq!(latency("/metrics", "count"), 2.0);
+    assert_eq!(latency("other", "count"), 0.0);
+    assert_eq!(sample(&m, "trainer_serve_inference_up"), 1.0);
+    assert_eq!(sample(&m, "trainer_serve_queued_texts"), 0.0);
+    assert_eq!(sample(&m, "trainer_serve_queue_capacity_texts"), 4096.0);
+    assert!(sample(&m, "trainer_serve_open_connections") >= 1.0);
+    for zero in [
+        "trainer_serve_queue_full_total",
+        "trainer_serve_dropped_jobs_total",
+        "trainer_serve_connections_shed_total",
+        "trainer_serve_connections_refused_total",
+        "trainer_serve_inference_restarts_total",
+    ] {
+        assert_eq!(sample(&m, zero), 0.0, "{zero}");
+    }
+    let m = scrape(&addr, key);
+    let series = r#"trainer_serve_requests_total{route="/metrics",code="200",adapter=""}"#;
+    assert_eq!(sample(&m, series), 1.0);
+}
+
 /// Sends `raw` on a new connection and leaves it open.
 fn send(addr: &str, raw: &str) -> TcpStream {
     let mut s = TcpStream::connect(addr).unwrap();
@@ -492,6 +687,12 @@ fn work_of_vanished_clients_is_dropped_and_shutdown_keeps_to_its_grace() {
         start.elapsed() < Duration::from_millis(900),
         "{:?}",
         start.elapsed()
+    );
+    let m = scrape(&addr, "");
+    assert_eq!(sample(&m, "trainer_serve_dropped_jobs_total"), 5.0);
+    assert_eq!(
+        sample(&m, "trainer_serve_texts_classified_total{adapter=\"a\"}"),
+        2.0
     );
 
     // SIGTERM while a 30 s batch is being scored and more wait behind it: the process still
@@ -572,6 +773,18 @@ fn a_full_queue_or_a_busy_cap_answers_503_with_retry_after_at_once() {
         classify(&addr, json!({"texts": ["a", "b", "c", "d"]})).0,
         200
     );
+
+    // Each refusal is counted, and with --max-batch 1 every forward pass is one text.
+    let m = scrape(&addr, "");
+    assert_eq!(sample(&m, "trainer_serve_queue_full_total"), 1.0);
+    assert_eq!(sample(&m, "trainer_serve_connections_refused_total"), 1.0);
+    let refused = r#"trainer_serve_requests_total{route="/v1/classify",code="503",adapter="a"}"#;
+    assert_eq!(sample(&m, refused), 1.0);
+    assert_eq!(sample(&m, "trainer_serve_batch_texts_count"), 8.0);
+    assert_eq!(
+        sample(&m, r#"trainer_serve_batch_texts_bucket{le="1"}"#),
+        8.0
+    );
 }
 
 #[test]
@@ -630,6 +843,18 @@ fn oversized_and_stalled_bodies_are_answered_and_stalled_clients_are_shed() {
     }
     let waited = stalled_at.elapsed();
     assert!(waited < Duration::from_secs(4), "{waited:?}");
+
+    let m = scrape(&addr, "");
+    assert_eq!(sample(&m, "trainer_serve_connections_shed_total"), 1.0);
+    let requests = |code: u16| {
+        sample(
+            &m,
+            &format!(
+                "trainer_serve_requests_total{{route=\"/v1/classify\",code=\"{code}\",adapter=\"\"}}"
+            ),
+        )
+    };
+    assert_eq!((requests(413), requests(408)), (1.0, 2.0));
 }
 
 #[test]

@@ -27,6 +27,7 @@ use serde_json::{Value, json};
 use tokio::sync::Notify;
 
 use super::Shared;
+use super::metrics::{self, Metrics, Route};
 use super::queue::Refused;
 
 /// Seconds a client told 503 should wait before trying again: the queue drains in about a
@@ -73,14 +74,17 @@ struct Connections {
     open: Mutex<BTreeMap<u64, Arc<Conn>>>,
     next_id: AtomicU64,
     max: usize,
+    /// Told of every connection shed or refused, and of the number open.
+    metrics: Arc<Metrics>,
 }
 
 impl Connections {
-    fn new(max: usize) -> Self {
+    fn new(max: usize, metrics: Arc<Metrics>) -> Self {
         Self {
             open: Mutex::new(BTreeMap::new()),
             next_id: AtomicU64::new(0),
             max,
+            metrics,
         }
     }
 
@@ -89,25 +93,30 @@ impl Connections {
     fn admit(&self) -> Option<(u64, Arc<Conn>)> {
         let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
         if open.len() >= self.max {
-            let oldest_idle = open
+            let Some(oldest_idle) = open
                 .iter()
                 .find(|(_, c)| !c.busy.load(Ordering::SeqCst))
-                .map(|(id, _)| *id)?;
+                .map(|(id, _)| *id)
+            else {
+                self.metrics.connection_refused();
+                return None;
+            };
             if let Some(shed) = open.remove(&oldest_idle) {
                 shed.shed.notify_one();
+                self.metrics.connection_shed();
             }
         }
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let conn = Arc::new(Conn::default());
         open.insert(id, conn.clone());
+        self.metrics.set_open_connections(open.len());
         Some((id, conn))
     }
 
     fn remove(&self, id: u64) {
-        self.open
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&id);
+        let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
+        open.remove(&id);
+        self.metrics.set_open_connections(open.len());
     }
 }
 
@@ -127,10 +136,14 @@ pub(super) async fn serve(
         .route("/healthz", get(healthz))
         .route("/v1/adapters", get(adapters))
         .route("/v1/classify", post(classify))
+        .route("/metrics", get(metrics))
         .layer(DefaultBodyLimit::max(limits.max_body_bytes))
         .with_state(shared.clone());
     let limits = Arc::new(limits);
-    let connections = Arc::new(Connections::new(limits.max_connections));
+    let connections = Arc::new(Connections::new(
+        limits.max_connections,
+        shared.metrics.clone(),
+    ));
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut signal = std::pin::pin!(super::shutdown::signal());
     let mut tasks = tokio::task::JoinSet::new();
@@ -206,10 +219,12 @@ pub(super) async fn serve(
     Ok(())
 }
 
-/// What the classify handler tells the request log (never the texts themselves).
-#[derive(Clone)]
+/// What the classify handler tells the request log and the metrics (never the texts
+/// themselves).
+#[derive(Clone, Copy)]
 struct LogInfo {
-    adapter: String,
+    /// The adapter's index in `Shared::names`.
+    adapter: usize,
     texts: usize,
 }
 
@@ -229,13 +244,20 @@ async fn handle(
         Ok(r) => r,
         Err(_) => error(StatusCode::REQUEST_TIMEOUT, "request timed out"),
     };
-    let info = response.extensions().get::<LogInfo>().cloned();
+    let elapsed = start.elapsed();
+    let info = response.extensions().get::<LogInfo>().copied();
+    let adapter = info.map(|i| i.adapter);
+    let status = response.status().as_u16();
+    shared
+        .metrics
+        .request(Route::of(&path), status, adapter, elapsed);
     eprintln!(
-        "request {method} {path} adapter={} texts={} status={} ms={:.1}",
-        info.as_ref().map_or("-", |i| i.adapter.as_str()),
-        info.as_ref().map_or(0, |i| i.texts),
-        response.status().as_u16(),
-        start.elapsed().as_secs_f64() * 1e3
+        "request {method} {path} adapter={} texts={} status={status} ms={:.1}",
+        adapter
+            .and_then(|i| shared.names.get(i))
+            .map_or("-", String::as_str),
+        info.map_or(0, |i| i.texts),
+        elapsed.as_secs_f64() * 1e3
     );
     Ok(response)
 }
@@ -374,6 +396,23 @@ fn error(status: StatusCode, message: impl Into<String>) -> Response {
     (status, axum::Json(json!({"error": message.into()}))).into_response()
 }
 
+/// The metrics, with the gauges kept elsewhere read now.
+async fn metrics(State(shared): State<Arc<Shared>>) -> Response {
+    let body = shared.metrics.render(&metrics::Gauges {
+        queued_texts: shared.queue.queued_texts(),
+        queue_capacity: shared.queue.capacity(),
+        inference_up: shared.worker_up.load(Ordering::SeqCst),
+    });
+    (
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static(metrics::CONTENT_TYPE),
+        )],
+        body,
+    )
+        .into_response()
+}
+
 async fn adapters(State(shared): State<Arc<Shared>>) -> Response {
     axum::Json(json!({"default": shared.names[0], "adapters": shared.runs_info})).into_response()
 }
@@ -474,16 +513,17 @@ async fn classify(
         Err((status, message)) => return error(status, message),
     };
     let log = LogInfo {
-        adapter: shared.names[adapter].clone(),
+        adapter,
         texts: texts.len(),
     };
     let with_log = |mut r: Response| {
-        r.extensions_mut().insert(log.clone());
+        r.extensions_mut().insert(log);
         r
     };
     let answer = match shared.queue.push(adapter, texts) {
         Ok(answer) => answer,
         Err(Refused::Full) => {
+            shared.metrics.queue_full();
             let mut r = error(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "too many texts waiting for inference; retry shortly",
@@ -584,6 +624,20 @@ mod tests {
         assert!(!authorized(&keys, &headers));
     }
 
+    fn connections(max: usize) -> Connections {
+        Connections::new(max, Arc::new(Metrics::new(&[], 1)))
+    }
+
+    /// Whether the metrics show `line`.
+    fn shows(c: &Connections, line: &str) -> bool {
+        let gauges = metrics::Gauges {
+            queued_texts: 0,
+            queue_capacity: 1,
+            inference_up: true,
+        };
+        c.metrics.render(&gauges).lines().any(|l| l == line)
+    }
+
     fn open_ids(c: &Connections) -> Vec<u64> {
         c.open.lock().unwrap().keys().copied().collect()
     }
@@ -592,7 +646,7 @@ mod tests {
     /// of them waiting, it is refused.
     #[test]
     fn serve_cap_sheds_the_oldest_idle_connection() {
-        let c = Connections::new(3);
+        let c = connections(3);
         let conns: Vec<_> = (0..3).map(|_| c.admit().unwrap()).collect();
         let _busy = Busy::new(&conns[0].1);
         let (id, _) = c.admit().unwrap();
@@ -600,11 +654,13 @@ mod tests {
         let _busy2 = Busy::new(&conns[2].1);
         c.admit().unwrap();
         assert_eq!(open_ids(&c), [0, 2, 4]);
+        assert!(shows(&c, "trainer_serve_connections_shed_total 2"));
+        assert!(shows(&c, "trainer_serve_open_connections 3"));
     }
 
     #[test]
     fn serve_cap_refuses_when_every_connection_waits_on_inference() {
-        let c = Connections::new(2);
+        let c = connections(2);
         let conns: Vec<_> = (0..2).map(|_| c.admit().unwrap()).collect();
         let busy: Vec<_> = conns.iter().map(|(_, conn)| Busy::new(conn)).collect();
         assert!(c.admit().is_none());
@@ -613,6 +669,9 @@ mod tests {
         assert_eq!(open_ids(&c), [1, 2]);
         c.remove(1);
         assert_eq!(open_ids(&c), [2]);
+        assert!(shows(&c, "trainer_serve_connections_refused_total 1"));
+        assert!(shows(&c, "trainer_serve_connections_shed_total 1"));
+        assert!(shows(&c, "trainer_serve_open_connections 1"));
     }
 
     /// The 503 sent to a refused connection is a well-formed response.

@@ -17,15 +17,18 @@
 //! in flight finish for `--shutdown-grace-secs`, and then exits whatever is still running
 //! ([`shutdown`]). With `--api-key` (or `TRAINER_API_KEY`, or `--api-key-file` for several)
 //! every route but `/healthz` needs `Authorization: Bearer KEY`. One log line per request on
-//! stderr: method, path, adapter, number of texts, status, latency; never the texts.
+//! stderr: method, path, adapter, number of texts, status, latency; never the texts. `/metrics`
+//! counts the same, and what each limit refused, in Prometheus' text format ([`metrics`]).
 //!
 //! ```text
 //! POST /v1/classify {"texts": ["..."], "adapter": "name"}  -> {"adapter", "results": [{"label", "score", "probabilities"}]}
 //! GET  /v1/adapters                                       -> {"default", "adapters": [...]}
 //! GET  /healthz                                           -> {"status": "ok"}
+//! GET  /metrics                                           -> Prometheus text format 0.0.4
 //! ```
 
 mod http;
+mod metrics;
 mod queue;
 mod shutdown;
 
@@ -141,11 +144,12 @@ pub struct ServeArgs {
     pub api_key_file: Option<PathBuf>,
 }
 
-/// What the request handlers share: the adapters' answers to give and the queue to the
-/// inference thread.
+/// What the request handlers share: the adapters' answers to give, the queue to the inference
+/// thread, and the metrics.
 struct Shared {
     /// Whether the inference thread is running (false while it is restarted).
     worker_up: Arc<AtomicBool>,
+    metrics: Arc<metrics::Metrics>,
     api_keys: Vec<String>,
     names: Vec<String>,
     runs_info: Vec<Value>,
@@ -216,8 +220,10 @@ pub fn run(args: ServeArgs) -> Result<()> {
     let (queue, jobs) = queue::Queue::new(args.max_queued_texts);
     // Up from the start: jobs wait in the queue until the thread takes them.
     let worker_up = Arc::new(AtomicBool::new(true));
+    let metrics = Arc::new(metrics::Metrics::new(&names, args.max_batch));
     let shared = Arc::new(Shared {
         worker_up: worker_up.clone(),
+        metrics: metrics.clone(),
         api_keys,
         names: names.clone(),
         runs_info,
@@ -231,6 +237,7 @@ pub fn run(args: ServeArgs) -> Result<()> {
         runs,
         jobs,
         worker_up,
+        metrics,
         Duration::from_millis(args.batch_wait_ms),
         args.max_batch,
         device,

@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 use burn::prelude::*;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 
+use super::metrics::Metrics;
 use crate::classifier::Classifier;
 
 /// One request's answer: probabilities per text, or what went wrong.
@@ -64,14 +65,34 @@ pub(super) struct Queue {
     jobs: mpsc::UnboundedSender<Job>,
     /// One permit per text that may still be queued.
     room: Arc<Semaphore>,
+    /// The permits `room` started with.
+    capacity: usize,
 }
 
 impl Queue {
     /// A queue holding at most `max_texts` texts, and the inference thread's end of it.
     pub(super) fn new(max_texts: usize) -> (Self, mpsc::UnboundedReceiver<Job>) {
         let (jobs, rx) = mpsc::unbounded_channel();
-        let room = Arc::new(Semaphore::new(max_texts.min(Semaphore::MAX_PERMITS)));
-        (Self { jobs, room }, rx)
+        let capacity = max_texts.min(Semaphore::MAX_PERMITS);
+        let room = Arc::new(Semaphore::new(capacity));
+        (
+            Self {
+                jobs,
+                room,
+                capacity,
+            },
+            rx,
+        )
+    }
+
+    /// Most texts that may be queued at once.
+    pub(super) fn capacity(&self) -> usize {
+        self.capacity
+    }
+
+    /// Texts admitted and not yet answered or dropped: waiting, or being scored.
+    pub(super) fn queued_texts(&self) -> usize {
+        self.capacity.saturating_sub(self.room.available_permits())
     }
 
     /// Queues `texts` for `adapter` if there is room, without waiting; the answer comes on the
@@ -104,6 +125,7 @@ pub(super) struct Worker {
     runs: Vec<Classifier>,
     jobs: Mutex<mpsc::UnboundedReceiver<Job>>,
     up: Arc<AtomicBool>,
+    metrics: Arc<Metrics>,
     wait: Duration,
     max_batch: usize,
     device: Device,
@@ -136,8 +158,9 @@ impl Batch {
     }
 }
 
-fn log_dropped(n: usize) {
+fn log_dropped(metrics: &Metrics, n: usize) {
     if n > 0 {
+        metrics.dropped_jobs(n);
         eprintln!("dropped {n} queued requests whose clients had gone, unscored");
     }
 }
@@ -147,6 +170,7 @@ impl Worker {
         runs: Vec<Classifier>,
         jobs: mpsc::UnboundedReceiver<Job>,
         up: Arc<AtomicBool>,
+        metrics: Arc<Metrics>,
         wait: Duration,
         max_batch: usize,
         device: Device,
@@ -155,6 +179,7 @@ impl Worker {
             runs,
             jobs: Mutex::new(jobs),
             up,
+            metrics,
             wait,
             max_batch,
             device,
@@ -176,6 +201,7 @@ impl Worker {
             match exit {
                 Ok(Ok(Exit::Drained)) => return,
                 Ok(Ok(Exit::Failed)) | Ok(Err(_)) => {
+                    worker.metrics.inference_restarted();
                     eprintln!("inference thread failed; starting a new one");
                 }
                 Err(e) => {
@@ -204,7 +230,7 @@ impl Worker {
                     Err(_) => break,
                 }
             }
-            log_dropped(batch.dropped);
+            log_dropped(&self.metrics, batch.dropped);
             let mut by_adapter: BTreeMap<usize, Vec<Job>> = BTreeMap::new();
             for job in batch.jobs {
                 by_adapter.entry(job.adapter).or_default().push(job);
@@ -225,7 +251,7 @@ impl Worker {
     fn answer(&self, adapter: usize, mut jobs: Vec<Job>) -> bool {
         let before = jobs.len();
         jobs.retain(|j| !j.abandoned());
-        log_dropped(before - jobs.len());
+        log_dropped(&self.metrics, before - jobs.len());
         if jobs.is_empty() {
             return true;
         }
@@ -235,7 +261,11 @@ impl Worker {
             .collect();
         let scored = std::panic::catch_unwind(AssertUnwindSafe(|| {
             fault_injection(&all);
-            self.runs[adapter].probabilities(&all, self.max_batch, &self.device)
+            let mut done = 0;
+            self.runs[adapter].probabilities_with(&all, self.max_batch, &self.device, &mut |now| {
+                self.metrics.batch(now.saturating_sub(done));
+                done = now;
+            })
         }));
         let (result, ok) = match scored {
             Ok(Ok(probs)) => (Ok(probs), true),
@@ -251,6 +281,7 @@ impl Worker {
         };
         match result {
             Ok(probs) => {
+                self.metrics.classified(adapter, probs.len());
                 let mut probs = probs.into_iter();
                 for job in jobs {
                     let (n, reply) = job.finish();
@@ -309,7 +340,9 @@ mod tests {
         assert_eq!(queue.push(0, texts(2)).unwrap_err(), Refused::Full);
         let _b = queue.push(0, texts(1)).unwrap();
         assert_eq!(queue.push(0, texts(1)).unwrap_err(), Refused::Full);
+        assert_eq!((queue.queued_texts(), queue.capacity()), (4, 4));
         drop(rx.try_recv().unwrap());
+        assert_eq!(queue.queued_texts(), 1);
         let _c = queue.push(0, texts(3)).unwrap();
         assert_eq!(queue.push(0, texts(1)).unwrap_err(), Refused::Full);
     }
