@@ -109,6 +109,16 @@ impl DeviceSpec {
     /// thread when there is none (no Vulkan, Metal or DX12 driver). Asking wgpu first turns that
     /// into an error that names the device.
     fn check_adapter(&self, device: &Device) -> Result<()> {
+        #[cfg(feature = "cuda")]
+        if let Self::Cuda(i) = *self {
+            match crate::cuda_driver::device_count() {
+                Ok(n) if i < n => {}
+                Ok(n) => bail!("device `{self}`: the CUDA driver sees {n} GPU(s)"),
+                Err(why) => bail!("device `{self}`: {why}"),
+            }
+            crate::cuda_driver::find_libdevice()
+                .map_err(|why| anyhow::anyhow!("device `{self}`: {why}"))?;
+        }
         #[cfg(any(feature = "wgpu", feature = "vulkan", feature = "metal"))]
         {
             use burn::tensor::DeviceType;
@@ -346,14 +356,33 @@ pub fn select(flag: Option<&str>, precision: Option<&str>) -> Result<()> {
                 .and_then(|s| s.device().map(|d| (s, d)))
                 .map_err(|e| e.context("BURN_DEVICE"))?
         }
-        (None, Err(_)) => {
-            let s = DeviceSpec::preferred()?;
-            (s, s.device()?)
-        }
+        (None, Err(_)) => preferred_present()?,
     };
     // A second call (there is none in the binary) keeps the first choice.
     let _ = SELECTED.set(spec);
     Ok(())
+}
+
+/// The first compiled backend whose device is present (a `cuda` build on a machine without an
+/// NVIDIA GPU runs on the CPU, saying so once); a device that was named is never replaced.
+fn preferred_present() -> Result<(DeviceSpec, Device)> {
+    let mut skipped = Vec::new();
+    for name in DeviceSpec::compiled() {
+        let spec: DeviceSpec = name.parse()?;
+        match spec.device() {
+            Ok(device) => {
+                if let Some(why) = skipped.first() {
+                    eprintln!("note: {why}; using {spec} (--device or BURN_DEVICE to choose)");
+                }
+                return Ok((spec, device));
+            }
+            Err(e) => skipped.push(format!("{e:#}")),
+        }
+    }
+    match skipped.pop() {
+        Some(why) => bail!("{why}"),
+        None => bail!("this binary was built without a backend feature (flex, cpu, cuda)"),
+    }
 }
 
 /// The selected device (the preferred compiled one when [`select`] was not called).

@@ -1,13 +1,16 @@
 //! `trainer`: fine-tune, evaluate and use BERT text classifiers, built on Burn.
 //!
-//! The backend is chosen at build time by Cargo feature (`flex`, the default CPU backend, or
-//! `cuda`); `--device` or `BURN_DEVICE` picks among the compiled ones at run time.
+//! The backend is chosen at build time by Cargo feature (`flex`, the default CPU backend, `cuda`,
+//! `wgpu`, `vulkan`, `metal`, `ndarray` or `cpu`); `--device` or `BURN_DEVICE` picks among the
+//! compiled ones at run time.
 
 mod calibration;
 mod checkpoint;
 mod classifier;
 mod commands;
 mod config;
+#[cfg(feature = "cuda")]
+mod cuda_driver;
 mod device;
 mod evaluation;
 mod lines;
