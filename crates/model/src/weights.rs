@@ -200,10 +200,12 @@ pub fn write_safetensors(
     tensors: &BTreeMap<String, RawTensor>,
     metadata: Option<std::collections::HashMap<String, String>>,
 ) -> Result<()> {
+    let data: Vec<std::borrow::Cow<'_, [u8]>> =
+        tensors.values().map(|t| le_bytes(&t.data)).collect();
     let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = tensors
         .iter()
-        .map(|(name, t)| {
-            let bytes: &[u8] = bytemuck_f32(&t.data);
+        .zip(&data)
+        .map(|((name, t), bytes)| {
             let view = safetensors::tensor::TensorView::new(Dtype::F32, t.shape.clone(), bytes)
                 .expect("shape matches data");
             (name.clone(), view)
@@ -214,15 +216,33 @@ pub fn write_safetensors(
     crate::fsutil::write_atomic(path, &bytes)
 }
 
-fn bytemuck_f32(data: &[f32]) -> &[u8] {
-    // SAFETY: f32 has no padding and any byte pattern is a valid u8; the slice covers exactly
-    // the same memory. Safetensors is little-endian, which is every target we build for.
-    unsafe { std::slice::from_raw_parts(data.as_ptr().cast::<u8>(), std::mem::size_of_val(data)) }
+/// `data` as safetensors stores it, little-endian: the values' own memory on a little-endian
+/// target (no copy of a large checkpoint), a converted copy on a big-endian one.
+fn le_bytes(data: &[f32]) -> std::borrow::Cow<'_, [u8]> {
+    if cfg!(target_endian = "little") {
+        // SAFETY: the slice covers exactly `data`'s `size_of_val(data)` initialised bytes
+        // (`f32` has no padding, `u8` has alignment 1 and every byte is a valid `u8`) and
+        // borrows `data` for its lifetime. Reinterpreting is sound on any target; the
+        // `target_endian` check above is what makes the bytes little-endian.
+        std::borrow::Cow::Borrowed(unsafe {
+            std::slice::from_raw_parts(data.as_ptr().cast::<u8>(), std::mem::size_of_val(data))
+        })
+    } else {
+        std::borrow::Cow::Owned(data.iter().flat_map(|v| v.to_le_bytes()).collect())
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn f32_bytes_are_little_endian() {
+        let data = [1.0f32, -2.5, f32::MIN_POSITIVE, f32::NAN];
+        let expected: Vec<u8> = data.iter().flat_map(|v| v.to_le_bytes()).collect();
+        assert_eq!(&*le_bytes(&data), expected.as_slice());
+        assert!(le_bytes(&[]).is_empty());
+    }
 
     #[test]
     fn safetensors_round_trip() {

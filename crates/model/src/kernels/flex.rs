@@ -143,15 +143,24 @@ impl BertKernels for Flex {
         let (x, dtype) = f32_contiguous(x);
         let (weight, _) = f32_contiguous(weight);
         let (bias, _) = f32_contiguous(bias);
-        let [d_in, d_out] = weight.shape().dims::<2>();
-        let rows = x.shape().num_elements() / d_in.max(1);
-        let mut out = Vec::with_capacity(rows * d_out);
+        let [d_in, d_out] = matrix_dims(&weight);
+        let (rows, x_last) = rows_and_last(&x);
+        assert!(
+            x_last == d_in && bias.shape().as_slice() == [d_out],
+            "linear_with_bias: x {:?}, weight {:?} and bias {:?} do not fit",
+            x.shape().as_slice(),
+            [d_in, d_out],
+            bias.shape().as_slice()
+        );
+        let mut out = Vec::with_capacity(elements(&[rows, d_out]));
         for _ in 0..rows {
             out.extend_from_slice(values(&bias));
         }
         let lhs = Matrix::row_major(values(&x), d_in);
         let rhs = Matrix::row_major(values(&weight), d_out);
-        // SAFETY: the operands hold rows x d_in and d_in x d_out values; `out` holds rows x d_out.
+        // SAFETY: checked above: `x` is `rows x d_in` contiguous values and `weight` `d_in x
+        // d_out`, and `out` holds `rows` copies of the `d_out` bias values, `rows x d_out`
+        // initialised values for `gemm_into` to read and accumulate onto.
         unsafe { gemm_into(out.as_mut_ptr(), d_out, [rows, d_out, d_in], lhs, rhs, true) };
         output(out, with_last_dim(x.shape(), d_out), dtype)
     }
@@ -159,15 +168,24 @@ impl BertKernels for Flex {
     fn linear_backward_x(weight: FlexTensor, grad: FlexTensor) -> FlexTensor {
         let (weight, dtype) = f32_contiguous(weight);
         let (grad, _) = f32_contiguous(grad);
-        let [d_in, d_out] = weight.shape().dims::<2>();
-        let rows = grad.shape().num_elements() / d_out.max(1);
-        let mut out = Vec::with_capacity(rows * d_in);
+        let [d_in, d_out] = matrix_dims(&weight);
+        let (rows, grad_last) = rows_and_last(&grad);
+        assert!(
+            grad_last == d_out,
+            "linear_backward_x: weight {:?} and grad {:?} differ in d_out",
+            [d_in, d_out],
+            grad.shape().as_slice()
+        );
+        let len = elements(&[rows, d_in]);
+        let mut out = Vec::with_capacity(len);
         let lhs = Matrix::row_major(values(&grad), d_out);
         let rhs = Matrix::row_major(values(&weight), d_out).transposed();
-        // SAFETY: the capacity holds rows x d_in values, all written by `gemm_into` before `set_len`.
+        // SAFETY: checked above: `grad` is `rows x d_out` contiguous values and `weight` `d_in x
+        // d_out` (read transposed); `out`'s capacity holds the `rows x d_in` values, which
+        // `gemm_into` writes, all of them, without reading them before `set_len`.
         unsafe {
             gemm_into(out.as_mut_ptr(), d_in, [rows, d_in, d_out], lhs, rhs, false);
-            out.set_len(rows * d_in);
+            out.set_len(len);
         }
         output(out, with_last_dim(grad.shape(), d_in), dtype)
     }
@@ -175,15 +193,22 @@ impl BertKernels for Flex {
     fn linear_backward_weight(x: FlexTensor, grad: FlexTensor) -> FlexTensor {
         let (x, dtype) = f32_contiguous(x);
         let (grad, _) = f32_contiguous(grad);
-        let shape = x.shape();
-        let d_in = shape[shape.num_dims() - 1];
-        let grad_shape = grad.shape();
-        let d_out = grad_shape[grad_shape.num_dims() - 1];
-        let rows = shape.num_elements() / d_in.max(1);
-        let mut out = Vec::with_capacity(d_in * d_out);
+        let ((rows, d_in), (_, d_out)) = (rows_and_last(&x), rows_and_last(&grad));
+        let (x_shape, grad_shape) = (x.shape(), grad.shape());
+        assert!(
+            x_shape.as_slice()[..x_shape.num_dims() - 1]
+                == grad_shape.as_slice()[..grad_shape.num_dims() - 1],
+            "linear_backward_weight: x {:?} and grad {:?} differ in their leading dimensions",
+            x_shape.as_slice(),
+            grad_shape.as_slice()
+        );
+        let len = elements(&[d_in, d_out]);
+        let mut out = Vec::with_capacity(len);
         let lhs = Matrix::row_major(values(&x), d_in).transposed();
         let rhs = Matrix::row_major(values(&grad), d_out);
-        // SAFETY: as in `linear_backward_x`.
+        // SAFETY: checked above: `x` is `rows x d_in` contiguous values (read transposed) and
+        // `grad`, with the same leading dimensions, `rows x d_out`; `out`'s capacity holds the
+        // `d_in x d_out` values, which `gemm_into` writes, all of them, before `set_len`.
         unsafe {
             gemm_into(
                 out.as_mut_ptr(),
@@ -193,7 +218,7 @@ impl BertKernels for Flex {
                 rhs,
                 false,
             );
-            out.set_len(d_in * d_out);
+            out.set_len(len);
         }
         output(out, Shape::new([d_in, d_out]), dtype)
     }
@@ -224,9 +249,16 @@ impl BertKernels for Flex {
     fn heads_matmul(lhs: FlexTensor, rhs: FlexTensor, interleave_heads: bool) -> FlexTensor {
         let (lhs, dtype) = f32_strided(lhs);
         let (rhs, _) = f32_strided(rhs);
-        let [batch, heads, m, k] = lhs.shape().dims::<4>();
-        let n = rhs.shape().dims::<4>()[3];
         let (l, r) = (HeadOperand::new(&lhs), HeadOperand::new(&rhs));
+        let [batch, heads, m, k] = l.dims;
+        let n = r.dims[3];
+        assert!(
+            [batch, heads, k] == [r.dims[0], r.dims[1], r.dims[2]],
+            "heads_matmul: lhs {:?} and rhs {:?} differ in batch, heads or the inner dimension",
+            l.dims,
+            r.dims
+        );
+        let len = elements(&[batch, heads, m, n]);
         // Where block (b, h) starts and how far apart its rows are, in `[b, h, m, n]` order or
         // in `[b, m, h, n]` order.
         let (head_stride, row_stride) = if interleave_heads {
@@ -234,14 +266,17 @@ impl BertKernels for Flex {
         } else {
             (m * n, n)
         };
-        let mut out = Vec::with_capacity(batch * heads * m * n);
+        let mut out = Vec::with_capacity(len);
         let out_ptr = SendPtr(out.as_mut_ptr());
         let product = |i: usize| {
             let (b, h) = (i / heads, i % heads);
             let start = b * heads * m * n + h * head_stride;
-            // SAFETY: each operand addresses an m x k (k x n) matrix through its layout, and
-            // block `i` of the output (m rows of n values from `start`, `row_stride` apart) lies
-            // in `out`'s capacity and is written by this call only.
+            // SAFETY: `HeadOperand::new` checked that each operand's layout addresses only
+            // values inside its buffer, so `l.matrix(b, h)` (`r.matrix(b, h)`) reads an `m x k`
+            // (`k x n`) matrix in bounds, `k` being the same for both (checked above). Block
+            // `i` of the output, `m` rows of `n` values from `start`, `row_stride` apart, lies
+            // in `out`'s capacity of `batch x heads x m x n` values and is written by this call
+            // only: the blocks of distinct `(b, h)` are disjoint in either order.
             unsafe {
                 gemm_into(
                     out_ptr.at(start),
@@ -253,13 +288,14 @@ impl BertKernels for Flex {
                 )
             };
         };
-        if batch * heads * m * n * k >= PARALLEL_THRESHOLD {
+        if len.saturating_mul(k) >= PARALLEL_THRESHOLD {
             (0..batch * heads).into_par_iter().for_each(product);
         } else {
             (0..batch * heads).for_each(product);
         }
-        // SAFETY: every block was written above, and the blocks tile the buffer.
-        unsafe { out.set_len(batch * heads * m * n) };
+        // SAFETY: `gemm_into` wrote every value of every block above (without `accumulate` it
+        // reads none), and the `batch x heads` blocks of `m x n` values tile the `len` values.
+        unsafe { out.set_len(len) };
         let shape = Shape::new([batch, heads, m, n]);
         let layout = if interleave_heads {
             let strides = [m * heads * n, n, heads * n, 1].map(|s| s as isize);
@@ -354,6 +390,33 @@ impl BertKernels for Flex {
     }
 }
 
+/// The dimensions of a weight matrix; panics unless it has two.
+fn matrix_dims(tensor: &FlexTensor) -> [usize; 2] {
+    let shape = tensor.shape();
+    match shape.as_slice() {
+        &[rows, cols] => [rows, cols],
+        dims => panic!("expected a matrix, got a tensor of shape {dims:?}"),
+    }
+}
+
+/// The number of rows (the product of all dimensions but the last, so a zero-width last
+/// dimension still counts its rows) and the last dimension.
+fn rows_and_last(tensor: &FlexTensor) -> (usize, usize) {
+    let shape = tensor.shape();
+    let (last, leading) = shape
+        .split_last()
+        .expect("a kernel operand has at least one dimension");
+    (elements(leading), *last)
+}
+
+/// The number of elements of `dims`; panics when it does not fit in `usize`, where an
+/// unchecked product would wrap and size an output buffer too small for what is written to it.
+fn elements(dims: &[usize]) -> usize {
+    dims.iter()
+        .try_fold(1usize, |n, &d| n.checked_mul(d))
+        .unwrap_or_else(|| panic!("a tensor of shape {dims:?} has more than usize::MAX elements"))
+}
+
 /// The size of the last dimension.
 fn last_dim(tensor: &FlexTensor) -> usize {
     let shape = tensor.shape();
@@ -404,23 +467,57 @@ fn f32_strided(tensor: FlexTensor) -> (FlexTensor, DType) {
 struct HeadOperand<'a> {
     values: &'a [f32],
     offset: isize,
+    dims: [usize; 4],
     strides: [isize; 4],
 }
 
 impl<'a> HeadOperand<'a> {
+    /// Panics unless `tensor` has four dimensions and its layout (start offset, dimensions and
+    /// strides, any sign) addresses only values inside its buffer: [`Self::matrix`]'s reads
+    /// rely on that, and a layout is only data that nothing else checks against the buffer.
     fn new(tensor: &'a FlexTensor) -> Self {
-        let s = tensor.layout().strides();
+        let layout = tensor.layout();
+        let (shape, s) = (layout.shape().as_slice(), layout.strides());
+        let (&[d0, d1, d2, d3], &[s0, s1, s2, s3]) = (shape, s) else {
+            panic!("heads_matmul: expected 4 dimensions, got shape {shape:?}, strides {s:?}")
+        };
+        let (dims, strides) = ([d0, d1, d2, d3], [s0, s1, s2, s3]);
+        let values = tensor.storage::<f32>();
+        let offset = layout.start_offset();
+        if !dims.contains(&0) {
+            // The lowest and highest element addressed; i128 holds every term and their sum.
+            let (mut low, mut high) = (offset as i128, offset as i128);
+            for (&d, &s) in dims.iter().zip(&strides) {
+                let reach = (d as i128 - 1) * s as i128;
+                if reach < 0 {
+                    low += reach;
+                } else {
+                    high += reach;
+                }
+            }
+            assert!(
+                low >= 0 && high < values.len() as i128,
+                "heads_matmul: shape {dims:?}, strides {strides:?} and offset {offset} address \
+                 values outside a buffer of {}",
+                values.len()
+            );
+        }
         Self {
-            values: tensor.storage::<f32>(),
-            offset: tensor.layout().start_offset() as isize,
-            strides: [s[0], s[1], s[2], s[3]],
+            values,
+            offset: offset as isize,
+            dims,
+            strides,
         }
     }
 
+    /// Batch item `b`'s head `h`, a `dims[2] x dims[3]` matrix; `b` and `h` must be within
+    /// `dims[0]` and `dims[1]` for its reads to stay in the bounds [`Self::new`] checked.
     fn matrix(&self, b: usize, h: usize) -> Matrix {
+        debug_assert!(b < self.dims[0] && h < self.dims[1]);
         let start = self.offset + b as isize * self.strides[0] + h as isize * self.strides[1];
         Matrix {
-            // SAFETY (of later reads): the layout keeps every addressed element in `values`.
+            // Only an address: `gemm_into`'s callers state why what it reads through it is in
+            // bounds (`wrapping_offset` keeps computing it free of undefined behaviour).
             ptr: self.values.as_ptr().wrapping_offset(start),
             row_stride: self.strides[2],
             col_stride: self.strides[3],
@@ -432,8 +529,11 @@ impl<'a> HeadOperand<'a> {
 #[derive(Clone, Copy)]
 struct SendPtr(*mut f32);
 
-// SAFETY: the threads holding copies write disjoint ranges (see `heads_matmul`).
+// SAFETY: a `SendPtr` is an address into one output buffer that outlives the threads using it
+// (`heads_matmul` joins them before `set_len`), and each thread writes only its own block, the
+// blocks being disjoint; nothing reads through it.
 unsafe impl Send for SendPtr {}
+// SAFETY: as for `Send`: shared copies only compute addresses of disjoint blocks.
 unsafe impl Sync for SendPtr {}
 
 impl SendPtr {
@@ -481,7 +581,10 @@ const PARALLEL_MIN_ROWS: usize = 32;
 ///
 /// # Safety
 /// `lhs` and `rhs` must address `m x k` and `k x n` readable values through their strides, and
-/// `out` must be valid for those `m x n` values; without `accumulate` they are only written.
+/// `out` must be valid for writes of the `m x n` values (`m` rows `out_row_stride` apart), with
+/// no other reference to them during the call; with `accumulate` it must also be valid for
+/// reads and those values initialised. Without `accumulate` they are only written, so `out` may
+/// point into a `Vec`'s spare capacity, whose first `m x n` values are then initialised.
 unsafe fn gemm_into(
     out: *mut f32,
     out_row_stride: usize,
@@ -496,7 +599,8 @@ unsafe fn gemm_into(
     if k == 0 {
         if !accumulate {
             for row in 0..m {
-                // SAFETY: `out` addresses m rows of n values.
+                // SAFETY: by the function's contract `out` is valid for writes of `m` rows of
+                // `n` values, `out_row_stride` apart.
                 unsafe { std::ptr::write_bytes(out.add(row * out_row_stride), 0, n) };
             }
         }
@@ -510,7 +614,9 @@ unsafe fn gemm_into(
     } else {
         gemm::Parallelism::None
     };
-    // SAFETY: forwarded from the caller.
+    // SAFETY: the function's contract: `lhs` and `rhs` address `m x k` and `k x n` readable
+    // values, `out` `m x n` writable ones (readable and initialised when `accumulate`, the only
+    // case in which `gemm` reads them: `read_dst` is `accumulate`).
     unsafe {
         gemm::gemm::<f32>(
             m,

@@ -79,28 +79,39 @@ pub fn gelu_grad(x: f32) -> f32 {
 fn widest<R>(body: impl FnOnce() -> R) -> R {
     #[cfg(target_arch = "x86_64")]
     {
+        /// # Safety
+        /// The CPU must have every feature this is compiled for.
         #[target_feature(enable = "avx512f,avx512vl,avx2,fma")]
         unsafe fn avx512<R>(body: impl FnOnce() -> R) -> R {
             body()
         }
+        /// # Safety
+        /// As `avx512`.
         #[target_feature(enable = "avx2,fma")]
         unsafe fn avx2<R>(body: impl FnOnce() -> R) -> R {
             body()
         }
-        if std::is_x86_feature_detected!("avx512f") && std::is_x86_feature_detected!("avx512vl") {
-            // SAFETY: the features it is compiled for were detected on this CPU.
+        let has_avx2 =
+            std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma");
+        if has_avx2
+            && std::is_x86_feature_detected!("avx512f")
+            && std::is_x86_feature_detected!("avx512vl")
+        {
+            // SAFETY: every feature `avx512` is compiled for (avx512f, avx512vl, avx2, fma) was
+            // detected on this CPU just above.
             return unsafe { avx512(body) };
         }
-        if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
-            // SAFETY: as above.
+        if has_avx2 {
+            // SAFETY: both features `avx2` is compiled for (avx2, fma) were detected above.
             return unsafe { avx2(body) };
         }
     }
     body()
 }
 
-/// `out[i] = f(x[i])`, vectorised and split across threads.
+/// `out[i] = f(x[i])`, vectorised and split across threads. Panics unless the lengths agree.
 pub fn map(x: &[f32], out: &mut [f32], f: impl Fn(f32) -> f32 + Sync + Send + Copy) {
+    assert_eq!(x.len(), out.len(), "map: input and output lengths differ");
     let run = |x: &[f32], out: &mut [f32]| {
         widest(
             #[inline(always)]
@@ -137,37 +148,13 @@ pub fn map_in_place(x: &mut [f32], f: impl Fn(f32) -> f32 + Sync + Send + Copy) 
     x.par_chunks_mut(CHUNK).for_each(run);
 }
 
-/// `out[i] = f(a[i], b[i])`.
-pub fn zip_map(
-    a: &[f32],
-    b: &[f32],
-    out: &mut [f32],
-    f: impl Fn(f32, f32) -> f32 + Sync + Send + Copy,
-) {
-    let run = |a: &[f32], b: &[f32], out: &mut [f32]| {
-        widest(
-            #[inline(always)]
-            || {
-                for ((o, &a), &b) in out.iter_mut().zip(a).zip(b) {
-                    *o = f(a, b);
-                }
-            },
-        )
-    };
-    if a.len() < 2 * CHUNK {
-        return run(a, b, out);
-    }
-    out.par_chunks_mut(CHUNK)
-        .zip(a.par_chunks(CHUNK).zip(b.par_chunks(CHUNK)))
-        .for_each(|(o, (a, b))| run(a, b, o));
-}
-
-/// `b[i] = f(a[i], b[i])`.
+/// `b[i] = f(a[i], b[i])`. Panics unless the lengths agree.
 pub fn zip_map_in_place(
     a: &[f32],
     b: &mut [f32],
     f: impl Fn(f32, f32) -> f32 + Sync + Send + Copy,
 ) {
+    assert_eq!(a.len(), b.len(), "zip_map_in_place: lengths differ");
     let run = |a: &[f32], b: &mut [f32]| {
         widest(
             #[inline(always)]
@@ -396,8 +383,9 @@ mod tests {
         let mut y = x.clone();
         map_in_place(&mut y, |v| v * 2.0);
         assert!(y.iter().enumerate().all(|(i, &v)| v == 2.0 * i as f32));
-        zip_map(&x, &y, &mut out, |a, b| b - a);
-        assert_eq!(out, x);
+        let mut diff = y.clone();
+        zip_map_in_place(&x, &mut diff, |a, b| b - a);
+        assert_eq!(diff, x);
         let row = 37;
         let mut rows = vec![0.0; row * 3001];
         for_rows(&mut rows, row, |r, values| values.fill(r as f32));

@@ -3,16 +3,23 @@
 //! [`gelu`] (exact, erf-based), [`masked_softmax`] (attention's scale + mask + softmax in one
 //! pass), [`linear`] (bias and matrix product in one `gemm` call), [`layer_norm`],
 //! [`heads_matmul`] / [`merged_heads_matmul`] (attention's products on the heads' strided views)
-//! and [`dropout`] (the mask drawn as it is applied) go through [`BertKernels`] on Flex, with or
-//! without autodiff, and through Burn's generic tensor ops on every other backend, so the model
-//! code calls one function and each backend gets its best path. Each kernel has a hand-written
-//! backward pass (`autodiff.rs`) and is checked against the generic ops, values and gradients,
-//! in this module's tests; the parity fixtures against transformers + peft run through them too.
+//! and [`dropout`] (the mask drawn as it is applied) go through the crate's `BertKernels` backend
+//! extension on Flex, with or without autodiff, and through Burn's generic tensor ops on every
+//! other backend, so the model code calls one function and each backend gets its best path. Each
+//! kernel has a hand-written backward pass (`autodiff.rs`) and is checked against the generic
+//! ops, values and gradients, in this module's tests; the parity fixtures against transformers +
+//! peft run through them too.
+//!
+//! The Flex kernels multiply with `gemm` through raw pointers, so operands that do not fit
+//! together would be read out of bounds rather than refused. Each function here therefore
+//! checks its operands' shapes on every backend and panics, naming both shapes, when they do
+//! not fit: a mismatch is a bug in the calling model code, not bad user input. The Flex
+//! implementation checks again, next to each `unsafe` block, what that block relies on.
 
 mod autodiff;
 #[cfg(feature = "flex")]
 mod flex;
-pub mod math;
+pub(crate) mod math;
 
 use burn::backend::tensor::FloatTensor;
 use burn::backend::{Backend, DispatchDevice, backend_extension};
@@ -22,7 +29,7 @@ use burn::tensor::activation;
 /// The operations with a fused kernel. `bias` of [`Self::masked_softmax`] is broadcast to the
 /// scores (`[batch, 1, 1, keys]` for an attention mask) and gets no gradient.
 #[backend_extension(Flex: cfg(feature = "flex"), Autodiff)]
-pub trait BertKernels: Backend {
+pub(crate) trait BertKernels: Backend {
     /// `x Φ(x)`, HF's exact `gelu`.
     fn gelu_erf(x: FloatTensor<Self>) -> FloatTensor<Self>;
     /// `grad · (Φ(x) + x φ(x))`.
@@ -124,11 +131,28 @@ pub fn gelu<const D: usize>(x: Tensor<D>) -> Tensor<D> {
 /// `x · weight + bias` (Burn's `[d_in, d_out]` weight layout), as `burn::tensor::module::linear`.
 /// On Flex the bias is written first and the product accumulated onto it by one `gemm` call:
 /// Flex's own matmul zeroes its output, copies it to realign it and adds the bias in another pass.
+///
+/// # Panics
+/// When `x`'s last dimension is not `d_in` or `bias` is not `[d_out]`.
 pub fn linear<const D: usize>(
     x: Tensor<D>,
     weight: Tensor<2>,
     bias: Option<Tensor<1>>,
 ) -> Tensor<D> {
+    let (x_dims, [d_in, d_out]) = (x.dims(), weight.dims());
+    assert!(
+        x_dims.last() == Some(&d_in),
+        "kernels::linear: x {x_dims:?} does not end in weight {:?}'s d_in",
+        [d_in, d_out]
+    );
+    if let Some(bias) = &bias {
+        assert!(
+            bias.dims() == [d_out],
+            "kernels::linear: bias {:?} is not weight {:?}'s d_out",
+            bias.dims(),
+            [d_in, d_out]
+        );
+    }
     let bias = match bias {
         Some(bias) if has_kernels(&x.device()) => bias,
         bias => return burn::tensor::module::linear(x, weight, bias),
@@ -140,9 +164,9 @@ pub fn linear<const D: usize>(
     ))
 }
 
-/// Inverted dropout with a mask drawn from `seed` on the host ([`math::dropout_in_place`]), for
-/// host backends: fused into one pass over `x` on Flex (and recreated from the seed for the
-/// backward pass), multiplied in as a tensor elsewhere.
+/// Inverted dropout with a mask drawn from `seed` on the host (as
+/// [`crate::dropout::bernoulli_mask`]), for host backends: fused into one pass over `x` on Flex
+/// (and recreated from the seed for the backward pass), multiplied in as a tensor elsewhere.
 pub fn dropout<const D: usize>(x: Tensor<D>, keep: f64, seed: u64) -> Tensor<D> {
     if !has_kernels(&x.device()) {
         let shape = x.shape();
@@ -160,8 +184,12 @@ pub fn dropout<const D: usize>(x: Tensor<D>, keep: f64, seed: u64) -> Tensor<D> 
 /// `lhs · rhs` per batch item and head, as `Tensor::matmul` on `[batch, heads, m, k]` by
 /// `[batch, heads, k, n]`: attention's scores. On Flex each product is one `gemm` call on
 /// the operands' strides, and the output is not zeroed and copied before it is written.
+/// Operands whose batch or heads differ (broadcasting) go through `Tensor::matmul`.
+///
+/// # Panics
+/// When the operands' inner dimensions (`k`) differ.
 pub fn heads_matmul(lhs: Tensor<4>, rhs: Tensor<4>) -> Tensor<4> {
-    if !heads_kernel_runs(&lhs, &rhs) {
+    if !heads_kernel_runs("heads_matmul", &lhs, &rhs) {
         return lhs.matmul(rhs);
     }
     heads_kernel(lhs, rhs, false)
@@ -169,10 +197,13 @@ pub fn heads_matmul(lhs: Tensor<4>, rhs: Tensor<4>) -> Tensor<4> {
 
 /// [`heads_matmul`] with the heads merged back: `[batch, m, heads · n]`, attention's context.
 /// On Flex the product is written in that order, so the merge copies nothing.
+///
+/// # Panics
+/// As [`heads_matmul`].
 pub fn merged_heads_matmul(lhs: Tensor<4>, rhs: Tensor<4>) -> Tensor<3> {
     let [batch, heads, m, _] = lhs.dims();
     let n = rhs.dims()[3];
-    let out = if heads_kernel_runs(&lhs, &rhs) {
+    let out = if heads_kernel_runs("merged_heads_matmul", &lhs, &rhs) {
         heads_kernel(lhs, rhs, true)
     } else {
         lhs.matmul(rhs)
@@ -180,10 +211,16 @@ pub fn merged_heads_matmul(lhs: Tensor<4>, rhs: Tensor<4>) -> Tensor<3> {
     out.swap_dims(1, 2).reshape([batch, m, heads * n])
 }
 
-/// Whether [`BertKernels::heads_matmul`] runs for these operands: Flex, same batch and heads.
-fn heads_kernel_runs(lhs: &Tensor<4>, rhs: &Tensor<4>) -> bool {
-    let ([b, h, _, _], [rb, rh, _, _]) = (lhs.dims(), rhs.dims());
-    has_kernels(&lhs.device()) && [b, h] == [rb, rh]
+/// Whether [`BertKernels::heads_matmul`] runs for these operands: Flex, same batch and heads
+/// (others broadcast through `Tensor::matmul`). Panics, for `kernel`, when the inner dimensions
+/// differ, which no path can multiply.
+fn heads_kernel_runs(kernel: &str, lhs: &Tensor<4>, rhs: &Tensor<4>) -> bool {
+    let (l, r) = (lhs.dims(), rhs.dims());
+    assert!(
+        l[3] == r[2],
+        "kernels::{kernel}: lhs {l:?} and rhs {r:?} differ in the inner dimension"
+    );
+    has_kernels(&lhs.device()) && [l[0], l[1], l[3]] == [r[0], r[1], r[2]]
 }
 
 fn heads_kernel(lhs: Tensor<4>, rhs: Tensor<4>, interleave_heads: bool) -> Tensor<4> {
@@ -195,12 +232,23 @@ fn heads_kernel(lhs: Tensor<4>, rhs: Tensor<4>, interleave_heads: bool) -> Tenso
 }
 
 /// Layer normalisation over the last dimension, as `burn::tensor::module::layer_norm`.
+///
+/// # Panics
+/// When `gamma` or `beta` is not `[d]`, `d` being `x`'s last dimension.
 pub fn layer_norm<const D: usize>(
     x: Tensor<D>,
     gamma: Tensor<1>,
     beta: Option<Tensor<1>>,
     epsilon: f64,
 ) -> Tensor<D> {
+    let x_dims = x.dims();
+    let d = x_dims.last().copied();
+    let (gamma_dims, beta_dims) = (gamma.dims(), beta.as_ref().map(Tensor::dims));
+    assert!(
+        Some(gamma_dims[0]) == d && beta_dims.is_none_or(|[b]| Some(b) == d),
+        "kernels::layer_norm: gamma {gamma_dims:?} or beta {beta_dims:?} is not x {x_dims:?}'s \
+         last dimension"
+    );
     let beta = match beta {
         Some(beta) if has_kernels(&x.device()) => beta,
         beta => return burn::tensor::module::layer_norm(x, gamma, beta, epsilon),
@@ -215,7 +263,15 @@ pub fn layer_norm<const D: usize>(
 
 /// `softmax(scores · scale + bias, dim 3)`, the attention probabilities; `bias` is a mask,
 /// broadcast over heads and queries, and gets no gradient.
+///
+/// # Panics
+/// When `bias` does not broadcast to `scores` (each of its dimensions is the scores' or 1).
 pub fn masked_softmax(scores: Tensor<4>, bias: Tensor<4>, scale: f64) -> Tensor<4> {
+    let (s, b) = (scores.dims(), bias.dims());
+    assert!(
+        s.iter().zip(&b).all(|(s, b)| b == s || *b == 1),
+        "kernels::masked_softmax: bias {b:?} does not broadcast to scores {s:?}"
+    );
     if !has_kernels(&scores.device()) {
         return activation::softmax(scores * scale + bias.detach(), 3);
     }

@@ -260,3 +260,119 @@ fn dropout_applies_the_seeds_mask_and_recreates_it_for_the_gradient() {
         assert!(max_diff(dropout(x.clone(), 0.9, 12), dropout(x, 0.9, 11)) > 0.0);
     }
 }
+
+/// The Flex kernels themselves, called with operands that do not fit: each refuses, naming the
+/// shapes, before its `unsafe` product reads or writes anything.
+mod flex_checks {
+    use burn::backend::flex::{FlexTensor, Layout};
+    use burn::backend::{Bytes, DType, Flex, Shape};
+
+    use super::super::BertKernels;
+
+    fn flex<const D: usize>(shape: [usize; D]) -> FlexTensor {
+        let n = shape.iter().product();
+        let values: Vec<f32> = (0..n).map(|i| i as f32).collect();
+        FlexTensor::new(
+            Bytes::from_elems(values),
+            Layout::contiguous(Shape::new(shape)),
+            DType::F32,
+        )
+    }
+
+    #[test]
+    #[should_panic(expected = "linear_with_bias: x [2, 3], weight [3, 4] and bias [3] do not fit")]
+    fn linear_refuses_a_short_bias() {
+        Flex::linear_with_bias(flex([2, 3]), flex([3, 4]), flex([3]));
+    }
+
+    #[test]
+    #[should_panic(expected = "linear_with_bias: x [2, 5], weight [3, 4] and bias [4] do not fit")]
+    fn linear_refuses_an_input_of_another_width() {
+        Flex::linear_with_bias(flex([2, 5]), flex([3, 4]), flex([4]));
+    }
+
+    #[test]
+    #[should_panic(expected = "expected a matrix, got a tensor of shape [1, 3, 4]")]
+    fn linear_refuses_a_weight_that_is_not_a_matrix() {
+        Flex::linear_with_bias(flex([2, 3]), flex([1, 3, 4]), flex([4]));
+    }
+
+    #[test]
+    #[should_panic(expected = "linear_backward_x: weight [3, 4] and grad [2, 5] differ in d_out")]
+    fn linear_backward_x_refuses_a_gradient_of_another_width() {
+        Flex::linear_backward_x(flex([3, 4]), flex([2, 5]));
+    }
+
+    #[test]
+    #[should_panic(
+        expected = "linear_backward_weight: x [2, 3] and grad [7, 4] differ in their leading"
+    )]
+    fn linear_backward_weight_refuses_a_gradient_of_other_rows() {
+        Flex::linear_backward_weight(flex([2, 3]), flex([7, 4]));
+    }
+
+    #[test]
+    #[should_panic(
+        expected = "heads_matmul: lhs [2, 3, 4, 5] and rhs [2, 3, 6, 7] differ in batch, heads"
+    )]
+    fn heads_matmul_refuses_another_inner_dimension() {
+        Flex::heads_matmul(flex([2, 3, 4, 5]), flex([2, 3, 6, 7]), false);
+    }
+
+    #[test]
+    #[should_panic(
+        expected = "heads_matmul: lhs [2, 3, 4, 5] and rhs [1, 3, 5, 7] differ in batch, heads"
+    )]
+    fn heads_matmul_refuses_another_batch() {
+        Flex::heads_matmul(flex([2, 3, 4, 5]), flex([1, 3, 5, 7]), true);
+    }
+
+    #[test]
+    #[should_panic(expected = "heads_matmul: expected 4 dimensions, got shape [3, 4, 5]")]
+    fn heads_matmul_refuses_another_rank() {
+        Flex::heads_matmul(flex([3, 4, 5]), flex([2, 3, 5, 7]), false);
+    }
+
+    #[test]
+    #[should_panic(expected = "address values outside a buffer of 4")]
+    fn heads_matmul_refuses_a_layout_beyond_its_buffer() {
+        // Two rows of four values, the second at offset 4 of a four-value buffer.
+        let layout = Layout::new(Shape::new([1, 1, 2, 4]), vec![8, 8, 4, 1], 0);
+        let lhs = FlexTensor::new(Bytes::from_elems(vec![1.0f32; 4]), layout, DType::F32);
+        Flex::heads_matmul(lhs, flex([1, 1, 4, 3]), false);
+    }
+}
+
+#[test]
+fn heads_matmul_reads_views_with_negative_strides() {
+    let device = Device::default();
+    let lhs = random([2, 3, 5, 4], &device).flip([2, 3]);
+    let rhs = random([2, 3, 4, 6], &device).flip([1]);
+    let ours = heads_matmul(lhs.clone(), rhs.clone());
+    assert!(max_diff(ours, lhs.matmul(rhs)) < 1e-4);
+}
+
+#[test]
+fn linear_keeps_the_rows_of_an_empty_product() {
+    let device = Device::default().autodiff();
+    // A zero-width input: the output is the bias on each of its rows, and the input's gradient
+    // has its rows too, as has the weight's gradient of a zero-width output.
+    for [rows, d_in, d_out] in [[3, 0, 4], [3, 4, 0]] {
+        let x = random([rows, d_in], &device).require_grad();
+        let weight = random([d_in, d_out], &device).require_grad();
+        let bias = random([d_out], &device).require_grad();
+        let ours = linear(x.clone(), weight.clone(), Some(bias.clone()));
+        let reference = burn::tensor::module::linear(x.clone(), weight.clone(), Some(bias));
+        assert_eq!(ours.dims(), [rows, d_out]);
+        ours.to_data().assert_eq(&reference.to_data(), true);
+        let grads = ours.sum().backward();
+        let x_grad = x.grad(&grads).expect("the input's gradient");
+        assert_eq!(x_grad.dims(), [rows, d_in]);
+        x_grad.to_data().assert_eq(
+            &Tensor::<2>::zeros([rows, d_in], &Device::default()).to_data(),
+            true,
+        );
+        let weight_grad = weight.grad(&grads).expect("the weight's gradient");
+        assert_eq!(weight_grad.dims(), [d_in, d_out]);
+    }
+}
