@@ -13,6 +13,8 @@ use std::path::Path;
 use anyhow::{Context, Result, bail};
 use serde::{Deserialize, Serialize};
 
+use crate::probability::{argmax, softmax};
+
 /// The temperatures a fit can reach, and so the ones a `calibration.json` may hold: beyond
 /// them the probabilities are all but one-hot or all but uniform, and at the extremes they
 /// overflow to NaN.
@@ -75,17 +77,6 @@ impl Calibration {
         }
         Ok(Some(c))
     }
-}
-
-/// `softmax(logits / temperature)` of one row, computed stably in f64.
-pub fn softmax(logits: &[f32], temperature: f64) -> Vec<f32> {
-    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
-    let exp: Vec<f64> = logits
-        .iter()
-        .map(|&l| ((l as f64 - max) / temperature).exp())
-        .collect();
-    let sum: f64 = exp.iter().sum();
-    exp.iter().map(|e| (e / sum) as f32).collect()
 }
 
 fn softmax_all(logits: &[Vec<f32>], temperature: f64) -> Vec<Vec<f32>> {
@@ -163,7 +154,7 @@ pub fn reliability(probs: &[Vec<f32>], targets: &[usize], bins: usize) -> Vec<Re
     let mut correct = vec![0usize; bins];
     let mut confidence = vec![0f64; bins];
     for (p, &t) in probs.iter().zip(targets) {
-        let (top, conf) = crate::classifier::argmax(p);
+        let (top, conf) = argmax(p);
         let bin = ((conf as f64 * bins as f64) as usize).min(bins - 1);
         count[bin] += 1;
         correct[bin] += usize::from(top == t);
@@ -240,14 +231,5 @@ mod tests {
             "{c:?}"
         );
         assert!(c.ece_after < 0.02, "{c:?}");
-    }
-
-    #[test]
-    fn softmax_with_a_temperature_keeps_the_order() {
-        let p = softmax(&[2.0, 0.0, -1.0], 2.0);
-        assert!(p[0] > p[1] && p[1] > p[2]);
-        assert!((p.iter().sum::<f32>() - 1.0).abs() < 1e-6);
-        let sharp = softmax(&[2.0, 0.0, -1.0], 1.0);
-        assert!(sharp[0] > p[0]);
     }
 }

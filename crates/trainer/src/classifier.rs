@@ -5,7 +5,6 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use crate::calibration::{Calibration, softmax};
 use anyhow::{Context, Result, bail};
 use bert_data::LabelMap;
 use bert_model::classifier::BertClassifier;
@@ -15,8 +14,10 @@ use bert_model::weights::Checkpoint;
 use bert_model::{BertTokenizer, Encoded, Pretrained, parallel, params};
 use burn::prelude::*;
 
+use crate::calibration::Calibration;
 use crate::config::TrainConfig;
-use crate::run::{RunDir, build_model};
+use crate::probability::{argmax, softmax};
+use crate::run::RunDir;
 use crate::threshold::Threshold;
 
 /// A trained classifier: from a run directory, or a base model plus a peft adapter.
@@ -35,38 +36,16 @@ pub struct Classifier {
 
 impl Classifier {
     pub fn load(dir: &Path, device: &Device) -> Result<Self> {
-        let config = Self::read_config(dir)?;
+        let config = RunDir::new(dir).read_config()?;
         let pretrained = Pretrained::load(&config.model.source, config.model.max_length, device)?;
         Self::load_with(dir, &pretrained, device)
-    }
-
-    /// [`Classifier::load`], with the device set to the run's precision (`train.precision`)
-    /// unless `--precision` chose one.
-    pub fn load_in_own_precision(dir: &Path, device: &Device) -> Result<Self> {
-        let own = Self::read_config(dir)?.train.precision;
-        crate::device::set_precision(std::slice::from_ref(device), own)?;
-        Self::load(dir, device)
-    }
-
-    /// A run directory's resolved recipe.
-    pub fn read_config(dir: &Path) -> Result<TrainConfig> {
-        let run = RunDir::new(dir);
-        if !run.config().is_file() {
-            bail!(
-                "{} is not a run directory (no config.toml; `trainer train` prints the run directory on its last line)",
-                dir.display()
-            );
-        }
-        let text = bert_model::fsutil::read_small_text(&run.config())?;
-        toml::from_str(&text)
-            .with_context(|| format!("{}: invalid run config", run.config().display()))
     }
 
     /// A run on an already loaded base model (several runs can share one: `serve`). The
     /// base's tensors are shared, not copied.
     pub fn load_with(dir: &Path, pretrained: &Pretrained, device: &Device) -> Result<Self> {
         let run = RunDir::new(dir);
-        let config = Self::read_config(dir)?;
+        let config = run.read_config()?;
         let labels = LabelMap::read(&run.labels())?;
         check_recipe_matches_adapter(&run, &config.peft)?;
         let adapter = run.adapter();
@@ -282,6 +261,29 @@ impl Classifier {
     }
 }
 
+/// The classifier of `config` on top of a pretrained BERT, with the method's initial weights
+/// (prompt tuning's text init reads the tokenizer): the model a run trains, and the one its
+/// trained parameters are loaded into.
+pub fn build_model(
+    pretrained: &Pretrained,
+    config: &TrainConfig,
+    num_labels: usize,
+    device: &Device,
+) -> Result<BertClassifier> {
+    let model = BertClassifier::new(
+        pretrained.loaded.model.clone(),
+        pretrained.loaded.classifier.clone(),
+        &pretrained.config,
+        &config.peft,
+        num_labels,
+        device,
+    )?;
+    Ok(config
+        .peft
+        .method()
+        .init_with_tokenizer(model, &pretrained.tokenizer)?)
+}
+
 /// The input shapes inference pads its batches to. On the host each batch is as long as its
 /// longest text and as wide as its count. GPU backends compile and autotune kernels for each new
 /// shape, so there lengths are rounded up ([`bert_model::tokenizer::length_step`]) and row
@@ -486,12 +488,4 @@ pub fn decide(threshold: Option<&(usize, Threshold)>, probs: &[f32]) -> usize {
         Some((positive, t)) => t.decide(*positive, probs),
         None => argmax(probs).0,
     }
-}
-
-/// Index and value of the largest probability.
-pub fn argmax(probs: &[f32]) -> (usize, f32) {
-    probs.iter().copied().enumerate().fold(
-        (0, f32::MIN),
-        |best, (i, p)| if p > best.1 { (i, p) } else { best },
-    )
 }

@@ -6,10 +6,12 @@
 //! software adapter such as Mesa's llvmpipe). Without any, the first compiled backend in the
 //! order GPU, then CPU is used. A name that is unknown, or whose backend was not compiled in, is
 //! an error listing what this build has (Burn's own `Device::default()` panics on those).
+//!
+//! `main` decides it once ([`DeviceChoice::resolve`]) and hands it to the command, which passes
+//! the device down to what it calls: which device a function computes on is in its arguments.
 
 use std::fmt;
 use std::str::FromStr;
-use std::sync::OnceLock;
 
 use anyhow::{Context, Result, bail};
 use burn::prelude::*;
@@ -94,14 +96,6 @@ impl DeviceSpec {
             Self::Wgpu(_) => "wgpu",
             Self::Vulkan(_) => "vulkan",
             Self::Metal(_) => "metal",
-        }
-    }
-
-    /// The first compiled backend, GPUs first.
-    pub fn preferred() -> Result<Self> {
-        match Self::compiled().first() {
-            Some(name) => name.parse(),
-            None => bail!("this binary was built without a backend feature (flex, cpu, cuda)"),
         }
     }
 
@@ -291,90 +285,174 @@ impl FromStr for Precision {
     }
 }
 
-/// `--precision`, when given: it overrides a recipe's or a run's own.
-static PRECISION_FLAG: OnceLock<Precision> = OnceLock::new();
-
-/// Sets the float type of `devices` before anything is created on them: `--precision` if given,
-/// else `own` (a recipe's or a run's `train.precision`). Returns the one in effect. Burn fixes a
-/// device's float type at its first tensor, so this runs before any model is loaded.
-pub fn set_precision(devices: &[Device], own: Precision) -> Result<Precision> {
-    let precision = PRECISION_FLAG.get().copied().unwrap_or(own);
-    if precision == Precision::F32 {
-        return Ok(precision);
-    }
-    for device in devices
-        .iter()
-        .filter(|d| d.settings().float_dtype != precision.dtype())
-    {
-        device
-            .clone()
-            .configure(precision.dtype())
-            .map_err(|e| match e {
-                burn::tensor::DeviceError::UnsupportedDType { .. } => anyhow::anyhow!(
-                    "precision {precision}: not supported by {} (use f32{})",
-                    describe(device),
-                    if precision == Precision::Bf16 {
-                        " or f16"
-                    } else {
-                        ""
-                    }
-                ),
-                burn::tensor::DeviceError::AlreadyInitialized { .. } => anyhow::anyhow!(
-                    "precision {precision}: {} is already in use in another precision (one \
-                     precision per process)",
-                    describe(device)
-                ),
-            })?;
-    }
-    Ok(precision)
+/// A device with the name it was chosen by: what the user reads (`flex`, `wgpu:0`, `cuda:1`)
+/// and what Burn computes on.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NamedDevice {
+    pub spec: DeviceSpec,
+    pub device: Device,
 }
 
-static SELECTED: OnceLock<(DeviceSpec, Device)> = OnceLock::new();
-/// Whether the selected device was named (`--device`, `BURN_DEVICE`) rather than defaulted.
-static NAMED: OnceLock<bool> = OnceLock::new();
-
-/// Decides this process's device from `--device` (first) or `BURN_DEVICE`; every error names
-/// where the bad value came from and the compiled backends. Called once, before any command.
-pub fn select(flag: Option<&str>, precision: Option<&str>) -> Result<()> {
-    if let Some(p) = precision {
-        let _ = PRECISION_FLAG.set(p.parse().context("--precision")?);
+impl NamedDevice {
+    /// The device `spec` names, checked as [`DeviceSpec::device`] does.
+    pub fn new(spec: DeviceSpec) -> Result<Self> {
+        Ok(Self {
+            spec,
+            device: spec.device()?,
+        })
     }
-    let _ = NAMED.set(flag.is_some() || std::env::var_os("BURN_DEVICE").is_some());
-    let spec = match (flag, std::env::var("BURN_DEVICE")) {
-        (Some(f), _) => f
-            .parse::<DeviceSpec>()
-            .and_then(|s| s.device().map(|d| (s, d)))
-            .map_err(|e| e.context("--device"))?,
-        (None, Ok(v)) => {
-            if v.trim().is_empty() {
-                bail!(
-                    "BURN_DEVICE is set but empty: unset it or name a device (this binary has: {})",
-                    DeviceSpec::compiled().join(", ")
-                );
+
+    /// The name and Burn's own form of the device (`wgpu (Wgpu(DefaultDevice))`), for logs
+    /// where the adapter Burn picked matters.
+    pub fn describe(&self) -> String {
+        format!("{} ({:?})", self.spec, self.device)
+    }
+}
+
+impl fmt::Display for NamedDevice {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.spec.fmt(f)
+    }
+}
+
+/// What the command line chose to compute on, decided once in `main` and handed to the
+/// command: the device, whether it was named, and `--precision`.
+#[derive(Debug, Clone)]
+pub struct DeviceChoice {
+    /// The command's device: named by `--device` or `BURN_DEVICE`, else the first compiled one
+    /// that is present.
+    pub main: NamedDevice,
+    /// Whether `main` was named (`--device`, `BURN_DEVICE`) rather than defaulted: a named
+    /// device wins over a recipe's `train.device` / `train.devices`.
+    pub named: bool,
+    /// `--precision`, when given: it overrides a recipe's or a run's own.
+    pub precision: Option<Precision>,
+}
+
+impl DeviceChoice {
+    /// The choice from `--device` (first) or `BURN_DEVICE`, and `--precision`; every error
+    /// names where the bad value came from and the compiled backends.
+    pub fn resolve(flag: Option<&str>, precision: Option<&str>) -> Result<Self> {
+        let precision = match precision {
+            Some(p) => Some(p.parse().context("--precision")?),
+            None => None,
+        };
+        let env = std::env::var("BURN_DEVICE");
+        let named = flag.is_some() || std::env::var_os("BURN_DEVICE").is_some();
+        let main = match (flag, env) {
+            (Some(f), _) => f
+                .parse::<DeviceSpec>()
+                .and_then(NamedDevice::new)
+                .map_err(|e| e.context("--device"))?,
+            (None, Ok(v)) => {
+                if v.trim().is_empty() {
+                    bail!(
+                        "BURN_DEVICE is set but empty: unset it or name a device (this binary \
+                         has: {})",
+                        DeviceSpec::compiled().join(", ")
+                    );
+                }
+                v.parse::<DeviceSpec>()
+                    .and_then(NamedDevice::new)
+                    .map_err(|e| e.context("BURN_DEVICE"))?
             }
-            v.parse::<DeviceSpec>()
-                .and_then(|s| s.device().map(|d| (s, d)))
-                .map_err(|e| e.context("BURN_DEVICE"))?
+            (None, Err(_)) => preferred_present()?,
+        };
+        Ok(Self {
+            main,
+            named,
+            precision,
+        })
+    }
+
+    /// The command's device, as Burn takes it.
+    pub fn device(&self) -> &Device {
+        &self.main.device
+    }
+
+    /// The devices to train on, the first the main one: the one named by `--device` or
+    /// `BURN_DEVICE`, else the recipe's `train.devices` or `train.device`, else the preferred
+    /// compiled one.
+    pub fn for_training(
+        &self,
+        device: Option<&str>,
+        devices: &[String],
+    ) -> Result<Vec<NamedDevice>> {
+        if self.named {
+            return Ok(vec![self.main.clone()]);
         }
-        (None, Err(_)) => preferred_present()?,
-    };
-    // A second call (there is none in the binary) keeps the first choice.
-    let _ = SELECTED.set(spec);
-    Ok(())
+        let named = |name: &str, key: String| -> Result<NamedDevice> {
+            let spec = name
+                .parse::<DeviceSpec>()
+                .map_err(|e| e.context(key.clone()))?;
+            NamedDevice::new(spec).map_err(|e| e.context(key))
+        };
+        match (device, devices) {
+            (_, [_, ..]) => devices
+                .iter()
+                .enumerate()
+                .map(|(i, d)| named(d, format!("train.devices[{i}]")))
+                .collect(),
+            (Some(name), []) => Ok(vec![named(name, "train.device".into())?]),
+            (None, []) => Ok(vec![self.main.clone()]),
+        }
+    }
+
+    /// Sets the float type of `devices` before anything is created on them: `--precision` if
+    /// given, else `own` (a recipe's or a run's `train.precision`). Returns the one in effect.
+    /// Burn fixes a device's float type at its first tensor, so this runs before any model is
+    /// loaded.
+    pub fn set_precision(&self, devices: &[NamedDevice], own: Precision) -> Result<Precision> {
+        let precision = self.precision.unwrap_or(own);
+        if precision == Precision::F32 {
+            return Ok(precision);
+        }
+        for named in devices
+            .iter()
+            .filter(|d| d.device.settings().float_dtype != precision.dtype())
+        {
+            named
+                .device
+                .clone()
+                .configure(precision.dtype())
+                .map_err(|e| match e {
+                    burn::tensor::DeviceError::UnsupportedDType { .. } => anyhow::anyhow!(
+                        "precision {precision}: not supported by {} (use f32{})",
+                        named.describe(),
+                        if precision == Precision::Bf16 {
+                            " or f16"
+                        } else {
+                            ""
+                        }
+                    ),
+                    burn::tensor::DeviceError::AlreadyInitialized { .. } => anyhow::anyhow!(
+                        "precision {precision}: {} is already in use in another precision (one \
+                         precision per process)",
+                        named.describe()
+                    ),
+                })?;
+        }
+        Ok(precision)
+    }
+
+    /// [`DeviceChoice::set_precision`] of the command's own device.
+    pub fn set_main_precision(&self, own: Precision) -> Result<Precision> {
+        self.set_precision(std::slice::from_ref(&self.main), own)
+    }
 }
 
 /// The first compiled backend whose device is present (a `cuda` build on a machine without an
 /// NVIDIA GPU runs on the CPU, saying so once); a device that was named is never replaced.
-fn preferred_present() -> Result<(DeviceSpec, Device)> {
+fn preferred_present() -> Result<NamedDevice> {
     let mut skipped = Vec::new();
     for name in DeviceSpec::compiled() {
         let spec: DeviceSpec = name.parse()?;
-        match spec.device() {
+        match NamedDevice::new(spec) {
             Ok(device) => {
                 if let Some(why) = skipped.first() {
                     eprintln!("note: {why}; using {spec} (--device or BURN_DEVICE to choose)");
                 }
-                return Ok((spec, device));
+                return Ok(device);
             }
             Err(e) => skipped.push(format!("{e:#}")),
         }
@@ -382,49 +460,6 @@ fn preferred_present() -> Result<(DeviceSpec, Device)> {
     match skipped.pop() {
         Some(why) => bail!("{why}"),
         None => bail!("this binary was built without a backend feature (flex, cpu, cuda)"),
-    }
-}
-
-/// The selected device (the preferred compiled one when [`select`] was not called).
-pub fn device() -> Device {
-    match SELECTED.get() {
-        Some((_, d)) => d.clone(),
-        None => {
-            let s = DeviceSpec::preferred().expect("a backend feature is compiled in");
-            s.device().expect("the preferred backend is compiled in")
-        }
-    }
-}
-
-/// The devices to train on, the first the main one: the one named by `--device` or
-/// `BURN_DEVICE`, else the recipe's `train.devices` or `train.device`, else the preferred
-/// compiled one.
-pub fn for_training(device: Option<&str>, devices: &[String]) -> Result<Vec<Device>> {
-    if NAMED.get().copied().unwrap_or(false) {
-        return Ok(vec![self::device()]);
-    }
-    let named = |name: &str, key: String| -> Result<Device> {
-        let spec = name
-            .parse::<DeviceSpec>()
-            .map_err(|e| e.context(key.clone()))?;
-        spec.device().map_err(|e| e.context(key))
-    };
-    match (device, devices) {
-        (_, [_, ..]) => devices
-            .iter()
-            .enumerate()
-            .map(|(i, d)| named(d, format!("train.devices[{i}]")))
-            .collect(),
-        (Some(name), []) => Ok(vec![named(name, "train.device".into())?]),
-        (None, []) => Ok(vec![self::device()]),
-    }
-}
-
-/// Human-readable name of the device, for logs and benchmark records.
-pub fn describe(device: &Device) -> String {
-    match SELECTED.get() {
-        Some((spec, d)) if d == device => format!("{spec} ({d:?})"),
-        _ => format!("{device:?}"),
     }
 }
 
@@ -449,6 +484,36 @@ mod tests {
         assert!(e.contains("device index"), "{e}");
         let e = format!("{:#}", "flex:2".parse::<DeviceSpec>().unwrap_err());
         assert!(e.contains("one device"), "{e}");
+    }
+
+    #[cfg(feature = "flex")]
+    #[test]
+    fn a_named_device_wins_over_the_recipe_and_devices_keep_their_names() {
+        let flex = NamedDevice::new(DeviceSpec::Flex).unwrap();
+        assert_eq!(flex.to_string(), "flex");
+        assert!(flex.describe().starts_with("flex ("), "{}", flex.describe());
+        let choice = |named| DeviceChoice {
+            main: flex.clone(),
+            named,
+            precision: None,
+        };
+        let recipe = ["flex".to_string(), "flex".to_string()];
+        assert_eq!(
+            choice(true).for_training(Some("flex"), &recipe).unwrap(),
+            std::slice::from_ref(&flex)
+        );
+        let two = choice(false).for_training(None, &recipe).unwrap();
+        let names: Vec<String> = two.iter().map(ToString::to_string).collect();
+        assert_eq!(names, ["flex", "flex"]);
+        assert_eq!(
+            choice(false).for_training(None, &[]).unwrap(),
+            std::slice::from_ref(&flex)
+        );
+        let e = format!(
+            "{:#}",
+            choice(false).for_training(Some("bogus"), &[]).unwrap_err()
+        );
+        assert!(e.contains("train.device") && e.contains("bogus"), "{e}");
     }
 
     #[cfg(not(feature = "cuda"))]

@@ -10,9 +10,10 @@ use bert_model::parallel;
 use burn::data::dataloader::batcher::Batcher;
 use burn::prelude::*;
 
-use crate::calibration::{ECE_BINS, brier, expected_calibration_error, softmax};
-use crate::classifier::{Classifier, argmax, rows_on_host};
+use crate::calibration::{ECE_BINS, brier, expected_calibration_error};
+use crate::classifier::{Classifier, rows_on_host};
 use crate::metrics::Confusion;
+use crate::probability::{argmax, softmax};
 
 /// Figures of one evaluation.
 pub struct Evaluation {

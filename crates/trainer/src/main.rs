@@ -15,6 +15,7 @@ mod device;
 mod evaluation;
 mod lines;
 mod metrics;
+mod probability;
 mod progress;
 mod renderer;
 mod report;
@@ -101,27 +102,34 @@ fn main() -> ExitCode {
     if !matches!(cli.command, Some(Command::Serve(_))) {
         quiet_on_closed_pipe();
     }
-    if let Err(e) = device::select(cli.device.as_deref(), cli.precision.as_deref()) {
-        eprintln!("error: {e:#}");
-        return ExitCode::FAILURE;
-    }
+    let choice =
+        match device::DeviceChoice::resolve(cli.device.as_deref(), cli.precision.as_deref()) {
+            Ok(choice) => choice,
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                return ExitCode::FAILURE;
+            }
+        };
     let result = match cli.command {
-        Some(Command::Train(args)) => commands::train::run(args),
-        Some(Command::Eval(args)) => commands::eval::run(args),
-        Some(Command::Predict(args)) => commands::predict::run(args),
-        Some(Command::Serve(args)) => commands::serve::run(args),
-        Some(Command::Export(args)) => commands::export::run(args),
-        Some(Command::Embed(args)) => commands::embed::run(args),
-        Some(Command::Bench(args)) => commands::bench::run(args),
-        Some(Command::Report(args)) => commands::report::run(args),
+        Some(Command::Train(args)) => commands::train::run(args, &choice),
+        Some(Command::Eval(args)) => commands::eval::run(args, &choice),
+        Some(Command::Predict(args)) => commands::predict::run(args, &choice),
+        Some(Command::Serve(args)) => commands::serve::run(args, &choice),
+        Some(Command::Export(args)) => commands::export::run(args, &choice),
+        Some(Command::Embed(args)) => commands::embed::run(args, &choice),
+        Some(Command::Bench(args)) => commands::bench::run(args, &choice),
+        Some(Command::Report(args)) => commands::report::run(args, &choice),
         // No command: the default recipe, so `cargo run --release -p trainer` trains.
-        None => commands::train::run(commands::train::TrainArgs {
-            config: "configs/default.toml".into(),
-            overrides: vec![],
-            run_dir: None,
-            resume: false,
-            stop_after: None,
-        }),
+        None => commands::train::run(
+            commands::train::TrainArgs {
+                config: "configs/default.toml".into(),
+                overrides: vec![],
+                run_dir: None,
+                resume: false,
+                stop_after: None,
+            },
+            &choice,
+        ),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

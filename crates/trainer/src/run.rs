@@ -22,11 +22,6 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
-use bert_model::Pretrained;
-use bert_model::classifier::BertClassifier;
-use bert_model::params::ModulePath;
-use burn::module::{ModuleMapper, Param};
-use burn::prelude::*;
 
 use crate::config::TrainConfig;
 
@@ -41,6 +36,18 @@ impl RunDir {
     }
     pub fn config(&self) -> PathBuf {
         self.root.join("config.toml")
+    }
+    /// The run's resolved recipe (`config.toml`); a directory without one is not a run.
+    pub fn read_config(&self) -> Result<TrainConfig> {
+        let path = self.config();
+        if !path.is_file() {
+            bail!(
+                "{} is not a run directory (no config.toml; `trainer train` prints the run directory on its last line)",
+                self.root.display()
+            );
+        }
+        let text = bert_model::fsutil::read_small_text(&path)?;
+        toml::from_str(&text).with_context(|| format!("{}: invalid run config", path.display()))
     }
     pub fn labels(&self) -> PathBuf {
         self.root.join("labels.txt")
@@ -139,57 +146,8 @@ pub struct RunLock {
     _file: std::fs::File,
 }
 
-/// The classifier of `config` on top of a pretrained BERT, with the method's initial weights
-/// (prompt tuning's text init reads the tokenizer).
-pub fn build_model(
-    pretrained: &Pretrained,
-    config: &TrainConfig,
-    num_labels: usize,
-    device: &Device,
-) -> Result<BertClassifier> {
-    let model = BertClassifier::new(
-        pretrained.loaded.model.clone(),
-        pretrained.loaded.classifier.clone(),
-        &pretrained.config,
-        &config.peft,
-        num_labels,
-        device,
-    )?;
-    Ok(config
-        .peft
-        .method()
-        .init_with_tokenizer(model, &pretrained.tokenizer)?)
-}
-
-/// `model` with gradients on exactly the parameters the method trains (`is_trainable`, which
-/// also decides what the parameter counts and the adapter hold). The optimizer updates only
-/// what tracks gradients, and a parameter whose value was replaced after its creation (the
-/// fresh head's zero bias, set through `Param::map`) keeps Burn's trainable flag without the
-/// tracking until a checkpoint reload restores it: it would train only after a resume, and a
-/// resumed run would not reproduce a straight one.
-pub fn trainable_only(model: BertClassifier, config: &TrainConfig) -> BertClassifier {
-    struct RequireGrad<'a> {
-        path: ModulePath,
-        config: &'a TrainConfig,
-    }
-    impl ModuleMapper for RequireGrad<'_> {
-        fn enter_module(&mut self, name: &str, container_type: &str) {
-            self.path.enter(name, container_type);
-        }
-        fn exit_module(&mut self, _name: &str, _container_type: &str) {
-            self.path.exit();
-        }
-        fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
-            param.set_require_grad(self.config.peft.is_trainable(&self.path.path()))
-        }
-    }
-    model.map(&mut RequireGrad {
-        path: ModulePath::default(),
-        config,
-    })
-}
-
-/// Writes `value` as pretty JSON, atomically.
+/// Writes `value` as pretty JSON, atomically: a run's JSON files (summary, metrics, threshold,
+/// calibration) are read back by later commands, so none is ever seen half written.
 pub fn write_json(path: &Path, value: &serde_json::Value) -> Result<()> {
     let mut text = serde_json::to_string_pretty(value)?;
     text.push('\n');

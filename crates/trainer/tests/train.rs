@@ -214,6 +214,10 @@ fn training_on_two_devices_steps_once_per_round_and_resumes() {
         summary["device"].as_str().unwrap().matches("flex").count(),
         2
     );
+    // Named as the recipe names them, in the summary and in the report.
+    assert_eq!(summary["device"], "flex, flex");
+    let page = std::fs::read_to_string(dir.join("a/report.html")).unwrap();
+    assert!(page.contains("<p>Trained on flex, flex.</p>"));
     train(&["--resume", "--run-dir", "a"]);
     let epochs = finished_epochs(&dir.join("a"));
     assert_eq!(epochs.len(), 2);

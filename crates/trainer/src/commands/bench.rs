@@ -7,7 +7,8 @@ use bert_model::tokenizer::{Encoded, pad_batch};
 use bert_model::{BertExtras, DEFAULT_MODEL, Pretrained};
 use clap::Args;
 
-use crate::device::{describe, device};
+use crate::commands::classifier::load_run;
+use crate::device::DeviceChoice;
 
 #[derive(Args, Debug)]
 pub struct BenchArgs {
@@ -29,7 +30,7 @@ pub struct BenchArgs {
     pub texts: usize,
 }
 
-pub fn run(args: BenchArgs) -> Result<()> {
+pub fn run(args: BenchArgs, choice: &DeviceChoice) -> Result<()> {
     use crate::commands::check_count;
     check_count(
         "--batch-size",
@@ -40,11 +41,11 @@ pub fn run(args: BenchArgs) -> Result<()> {
     check_count("--texts", args.texts, 1_000_000)?;
     check_count("--seq-len", args.seq_len, 1 << 16)?;
     if let Some(run) = &args.run {
-        return classify(run, args.texts, args.batch_size);
+        return classify(run, args.texts, args.batch_size, choice);
     }
-    let device = device();
-    crate::device::set_precision(std::slice::from_ref(&device), Default::default())?;
-    let pretrained = Pretrained::load(&args.model, args.seq_len, &device)?;
+    let device = choice.device();
+    choice.set_main_precision(Default::default())?;
+    let pretrained = Pretrained::load(&args.model, args.seq_len, device)?;
     let positions = pretrained.config.max_position_embeddings;
     anyhow::ensure!(
         args.seq_len <= positions,
@@ -59,7 +60,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
     };
     let batch = vec![item; args.batch_size];
     let run_once = || {
-        let input = pad_batch(&batch, 0, &device);
+        let input = pad_batch(&batch, 0, device);
         let out = pretrained.model().forward(input, &BertExtras::default());
         // Reading a value back forces the (possibly asynchronous) backend to finish.
         let _ = out.last_hidden_state.sum().into_data();
@@ -72,7 +73,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
     let secs = start.elapsed().as_secs_f64() / args.iters as f64;
     let record = serde_json::json!({
         "bench": "forward",
-        "device": describe(&device),
+        "device": choice.main.to_string(),
         "precision": format!("{:?}", device.settings().float_dtype).to_lowercase(),
         "model": args.model,
         "batch_size": args.batch_size,
@@ -92,21 +93,26 @@ fn percentile(sorted: &[f64], q: f64) -> f64 {
 /// Timed batched passes after the first.
 const WARM_PASSES: usize = 2;
 
-fn classify(dir: &std::path::Path, n: usize, batch_size: usize) -> Result<()> {
-    let device = device();
-    let run = crate::classifier::Classifier::load_in_own_precision(dir, &device)?;
+fn classify(
+    dir: &std::path::Path,
+    n: usize,
+    batch_size: usize,
+    choice: &DeviceChoice,
+) -> Result<()> {
+    let device = choice.device();
+    let run = load_run(dir, choice)?;
     let columns = run.config.data.columns();
     let valid = crate::run::RunDir::new(dir).valid_csv();
     let table = bert_data::Table::read(&valid, &columns, true)?;
     let texts: Vec<&str> = table.rows.iter().take(n).map(|r| r.text.as_str()).collect();
     anyhow::ensure!(!texts.is_empty(), "{}: no texts", valid.display());
     // Warm-up, then one text at a time.
-    run.probabilities(&texts[..1], 1, &device)?;
+    run.probabilities(&texts[..1], 1, device)?;
     let mut ms: Vec<f64> = texts
         .iter()
         .map(|t| {
             let start = Instant::now();
-            run.probabilities(&[t], 1, &device)
+            run.probabilities(&[t], 1, device)
                 .map(|_| start.elapsed().as_secs_f64() * 1e3)
         })
         .collect::<Result<_>>()?;
@@ -116,7 +122,7 @@ fn classify(dir: &std::path::Path, n: usize, batch_size: usize) -> Result<()> {
     // server under load runs.
     let pass = || -> Result<f64> {
         let start = Instant::now();
-        run.probabilities(&texts, batch_size, &device)?;
+        run.probabilities(&texts, batch_size, device)?;
         Ok(texts.len() as f64 / start.elapsed().as_secs_f64())
     };
     let first = pass()?;
@@ -126,7 +132,7 @@ fn classify(dir: &std::path::Path, n: usize, batch_size: usize) -> Result<()> {
     let warm = warm.len() as f64 / warm.iter().map(|r| 1.0 / r).sum::<f64>();
     let record = serde_json::json!({
         "bench": "classify",
-        "device": describe(&device),
+        "device": choice.main.to_string(),
         "precision": format!("{:?}", device.settings().float_dtype).to_lowercase(),
         "run": dir,
         "method": run.config.peft.name(),

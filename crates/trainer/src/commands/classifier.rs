@@ -1,13 +1,14 @@
 //! Which trained classifier a command uses: `--run DIR`, `--model SRC --adapter DIR`, or a
 //! fine-tuned `--model SRC`.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Result, bail};
-use burn::prelude::*;
 use clap::Args;
 
 use crate::classifier::Classifier;
+use crate::device::DeviceChoice;
+use crate::run::RunDir;
 
 #[derive(Args, Debug, Clone)]
 pub struct ModelArgs {
@@ -35,11 +36,12 @@ pub struct ModelArgs {
 impl ModelArgs {
     /// The classifier, in the run's precision (`train.precision`) unless `--precision` says
     /// otherwise; f32 for `--model`.
-    pub fn load(&self, device: &Device) -> Result<Classifier> {
+    pub fn load(&self, choice: &DeviceChoice) -> Result<Classifier> {
         if let Some(dir) = &self.run {
-            return Classifier::load_in_own_precision(dir, device);
+            return load_run(dir, choice);
         }
-        crate::device::set_precision(std::slice::from_ref(device), Default::default())?;
+        choice.set_main_precision(Default::default())?;
+        let device = choice.device();
         match (&self.model, &self.adapter) {
             (Some(model), Some(adapter)) => Classifier::from_adapter(
                 model,
@@ -54,4 +56,12 @@ impl ModelArgs {
             (None, _) => bail!("pass --run DIR, --model SRC --adapter DIR, or --model SRC"),
         }
     }
+}
+
+/// The run in `dir` on the chosen device, set to the run's precision (`train.precision`)
+/// unless `--precision` chose one: a run predicts in the float type it was trained in.
+pub fn load_run(dir: &Path, choice: &DeviceChoice) -> Result<Classifier> {
+    let own = RunDir::new(dir).read_config()?.train.precision;
+    choice.set_main_precision(own)?;
+    Classifier::load(dir, choice.device())
 }

@@ -11,7 +11,7 @@ use burn::prelude::Device;
 use clap::Args;
 
 use crate::classifier::rows_on_host;
-use crate::device::device;
+use crate::device::DeviceChoice;
 
 #[derive(Args, Debug)]
 pub struct EmbedArgs {
@@ -45,12 +45,12 @@ fn parse_pooling(s: &str) -> std::result::Result<Pooling, String> {
     s.parse()
 }
 
-pub fn run(args: EmbedArgs) -> Result<()> {
+pub fn run(args: EmbedArgs, choice: &DeviceChoice) -> Result<()> {
     crate::commands::check_batch_size(args.batch_size)?;
     let texts = read_texts(&args)?;
-    let device = device();
-    crate::device::set_precision(std::slice::from_ref(&device), Default::default())?;
-    let pretrained = Pretrained::load(&args.model, args.max_length, &device)?;
+    let device = choice.device();
+    choice.set_main_precision(Default::default())?;
+    let pretrained = Pretrained::load(&args.model, args.max_length, device)?;
     if args.pooling == Pooling::Pooler && pretrained.model().pooler.is_none() {
         bail!(
             "{}: the checkpoint has no pooler weights; use --pooling mean or cls",
@@ -61,8 +61,8 @@ pub fn run(args: EmbedArgs) -> Result<()> {
     let mut out = BufWriter::new(stdout.lock());
     for chunk in texts.chunks(args.batch_size.max(1)) {
         // On the host each part of the batch runs on its own core (`bert_model::parallel`).
-        let rows = parallel::try_map_parts(&device, chunk, |part| {
-            embed(&pretrained, part, args.pooling, &device)
+        let rows = parallel::try_map_parts(device, chunk, |part| {
+            embed(&pretrained, part, args.pooling, device)
         })?;
         for (text, embedding) in chunk.iter().zip(rows.into_iter().flatten()) {
             let line = EmbeddingLine {

@@ -9,6 +9,7 @@ use serde_json::json;
 
 use crate::calibration::ECE_BINS;
 use crate::commands::classifier::ModelArgs;
+use crate::device::DeviceChoice;
 use crate::evaluation::{Evaluation, evaluate_csv};
 use crate::threshold::{
     CurvePoint, Threshold, at_recalls, default_positive, for_precision, pr_curve,
@@ -37,17 +38,17 @@ pub struct EvalArgs {
     pub save_threshold: bool,
 }
 
-pub fn run(args: EvalArgs) -> Result<()> {
+pub fn run(args: EvalArgs, choice: &DeviceChoice) -> Result<()> {
     crate::threshold::check_probability("--target-precision", args.target_precision)?;
     crate::commands::check_batch_size(args.batch_size)?;
-    let device = crate::device::device();
-    let run = args.model.load(&device)?;
+    let device = choice.device();
+    let run = args.model.load(choice)?;
     let data = match (&args.data, &run.dir) {
         (Some(data), _) => data.clone(),
         (None, Some(dir)) => dir.valid_csv(),
         (None, None) => anyhow::bail!("--data CSV is needed with --model"),
     };
-    let eval = evaluate_csv(&run, &data, args.batch_size, &device)?;
+    let eval = evaluate_csv(&run, &data, args.batch_size, device)?;
     let names = run.labels.names();
     let positive = match &args.positive {
         Some(l) => Some(run.labels.index(l).ok_or_else(|| {

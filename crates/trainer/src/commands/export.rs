@@ -14,7 +14,7 @@ use clap::Args;
 
 use crate::classifier::Classifier;
 use crate::commands::classifier::ModelArgs;
-use crate::device::device;
+use crate::device::DeviceChoice;
 
 #[derive(Args, Debug)]
 pub struct ExportArgs {
@@ -25,15 +25,14 @@ pub struct ExportArgs {
     pub output: PathBuf,
 }
 
-pub fn run(args: ExportArgs) -> Result<()> {
+pub fn run(args: ExportArgs, choice: &DeviceChoice) -> Result<()> {
     if args.output.exists() {
         bail!(
             "{}: already exists; choose another --output or remove it",
             args.output.display()
         );
     }
-    let device = device();
-    let run = args.model.load(&device)?;
+    let run = args.model.load(choice)?;
     let base = ModelSource::parse(&run.config.model.source)?.resolve()?;
     let bert = BertConfig::from_file(&base.config)?;
     let model = fold_temperature(run.model.clone(), run.temperature);

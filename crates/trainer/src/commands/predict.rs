@@ -16,6 +16,7 @@ use serde_json::json;
 
 use crate::classifier::Classifier;
 use crate::commands::classifier::ModelArgs;
+use crate::device::DeviceChoice;
 use crate::progress::Progress;
 
 /// Rows read, scored and written at a time.
@@ -42,17 +43,17 @@ pub struct PredictArgs {
     pub batch_size: usize,
 }
 
-pub fn run(args: PredictArgs) -> Result<()> {
+pub fn run(args: PredictArgs, choice: &DeviceChoice) -> Result<()> {
     crate::commands::check_batch_size(args.batch_size)?;
-    let device = crate::device::device();
-    let run = args.model.load(&device)?;
+    let device = choice.device();
+    let run = args.model.load(choice)?;
     match (&args.input, &args.output) {
         (Some(input), Some(output)) => {
             let column = args
                 .text_column
                 .clone()
                 .unwrap_or_else(|| run.config.data.text_column.clone());
-            let report = score_csv(&run, input, output, &column, args.batch_size, &device)?;
+            let report = score_csv(&run, input, output, &column, args.batch_size, device)?;
             eprintln!(
                 "scored {} row(s) of {}; {} row(s) with an empty `{column}` kept unscored; wrote {}",
                 report.scored,
@@ -64,7 +65,7 @@ pub fn run(args: PredictArgs) -> Result<()> {
         }
         _ if !args.texts.is_empty() => {
             let texts: Vec<&str> = args.texts.iter().map(String::as_str).collect();
-            print_texts(&run, &texts, args.json, args.batch_size, &device)
+            print_texts(&run, &texts, args.json, args.batch_size, device)
         }
         _ => {
             // Stdin, a chunk of lines at a time, so a pipe gets answers as it goes.
@@ -74,12 +75,12 @@ pub fn run(args: PredictArgs) -> Result<()> {
                 lines.push(line?);
                 if lines.len() == CHUNK {
                     let texts: Vec<&str> = lines.iter().map(String::as_str).collect();
-                    print_texts(&run, &texts, args.json, args.batch_size, &device)?;
+                    print_texts(&run, &texts, args.json, args.batch_size, device)?;
                     lines.clear();
                 }
             }
             let texts: Vec<&str> = lines.iter().map(String::as_str).collect();
-            print_texts(&run, &texts, args.json, args.batch_size, &device)
+            print_texts(&run, &texts, args.json, args.batch_size, device)
         }
     }
 }

@@ -6,6 +6,7 @@ use anyhow::Result;
 use clap::Args;
 
 use crate::classifier::Classifier;
+use crate::device::DeviceChoice;
 use crate::evaluation::evaluate_csv;
 
 #[derive(Args, Debug)]
@@ -18,15 +19,15 @@ pub struct ReportArgs {
 }
 
 /// Evaluates the run's validation split at its temperature and writes the page; prints its path.
-pub fn run(args: ReportArgs) -> Result<()> {
+pub fn run(args: ReportArgs, choice: &DeviceChoice) -> Result<()> {
     crate::commands::check_batch_size(args.batch_size)?;
-    let device = crate::device::device();
-    let classifier = Classifier::load(&args.run, &device)?;
+    let device = choice.device();
+    let classifier = Classifier::load(&args.run, device)?;
     let dir = classifier
         .dir
         .clone()
         .unwrap_or_else(|| crate::run::RunDir::new(&args.run));
-    let eval = evaluate_csv(&classifier, &dir.valid_csv(), args.batch_size, &device)?;
+    let eval = evaluate_csv(&classifier, &dir.valid_csv(), args.batch_size, device)?;
     let path = crate::report::write(&dir, &eval)?;
     println!("{}", path.display());
     Ok(())

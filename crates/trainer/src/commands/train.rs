@@ -6,6 +6,7 @@ use anyhow::{Context, Result};
 use bert_data::ClassificationBatcher;
 use clap::Args;
 
+use crate::device::{DeviceChoice, Precision};
 use crate::training::Session;
 
 #[derive(Args, Debug)]
@@ -30,7 +31,7 @@ pub struct TrainArgs {
 
 /// The recipe: a run (new or resumed), the pretrained model, the data and the classifier, the
 /// Learner, the best epoch kept.
-pub fn run(args: TrainArgs) -> Result<()> {
+pub fn run(args: TrainArgs, choice: &DeviceChoice) -> Result<()> {
     let mut session = if args.resume {
         let dir = args
             .run_dir
@@ -41,8 +42,8 @@ pub fn run(args: TrainArgs) -> Result<()> {
         Session::new(&args.config, &args.overrides, args.run_dir.as_deref())?
     };
     let train = &session.config.train;
-    let devices = crate::device::for_training(train.device.as_deref(), &train.devices)?;
-    let precision = crate::device::set_precision(&devices, train.precision)?;
+    let devices = choice.for_training(train.device.as_deref(), &train.devices)?;
+    let precision = choice.set_precision(&devices, train.precision)?;
     // Its checkpoint holds weights and optimizer state of that precision.
     anyhow::ensure!(
         session.resume_from.is_none() || precision == train.precision,
@@ -50,27 +51,27 @@ pub fn run(args: TrainArgs) -> Result<()> {
         train.precision
     );
     anyhow::ensure!(
-        precision != crate::device::Precision::F16,
+        precision != Precision::F16,
         "precision f16: training is not supported (AdamW's second moments and epsilon underflow \
          in f16 and the loss turns NaN); train in bf16 or f32, and predict in f16 if you like"
     );
     session.config.train.precision = precision;
     let train = &session.config.train;
-    for device in &devices {
-        device.seed(train.seed);
+    for named in &devices {
+        named.device.seed(train.seed);
     }
-    let device = devices.first().context("no device to train on")?.clone();
-    let pretrained = session.load_model(&device.clone().autodiff())?;
+    let main = devices.first().context("no device to train on")?;
+    let pretrained = session.load_model(main)?;
     let (data, model) = session.prepare(&pretrained, &devices)?;
     let batcher = ClassificationBatcher {
         pad_id: pretrained.tokenizer.pad_id(),
         max_length: pretrained.tokenizer.max_length().unwrap_or(usize::MAX),
     };
-    let (result, history) = session.fit(data, model, batcher, &devices, args.stop_after);
+    let (result, history) = session.fit(data, model, batcher, &devices, args.stop_after)?;
     session.finish(result, &history, &pretrained)?;
     // The run is complete without these (probabilities are then the plain softmax): a failure
     // here is reported, not fatal.
-    match session.calibrate(&pretrained, &device) {
+    match session.calibrate(&pretrained, &main.device) {
         Ok(eval) => match crate::report::write(&session.run, &eval) {
             Ok(path) => eprintln!("report: {}", path.display()),
             Err(e) => eprintln!("warning: no report.html ({e:#})"),

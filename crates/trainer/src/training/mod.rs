@@ -15,7 +15,9 @@ use std::sync::{Arc, Mutex};
 use anyhow::{Context, Result, bail};
 use bert_data::{ClassificationBatcher, EpochLoader};
 use bert_model::classifier::BertClassifier;
+use bert_model::params::ModulePath;
 use bert_model::{Pretrained, params};
+use burn::module::{ModuleMapper, Param};
 use burn::optim::AdamWConfig;
 use burn::prelude::*;
 use burn::train::checkpoint::{
@@ -30,13 +32,14 @@ use burn::train::{
 use serde_json::json;
 
 use crate::calibration::Calibration;
-use crate::classifier::Classifier;
+use crate::classifier::{Classifier, build_model};
 use crate::config::{SelectMetric, TrainConfig};
+use crate::device::{NamedDevice, Precision};
 use crate::evaluation::{Evaluation, evaluate_csv};
 use crate::metrics::{ConfusionMetric, MetricKey, ThroughputMetric};
 use crate::progress::thousands;
 use crate::renderer::{EpochRecord, History, renderer};
-use crate::run::{RunDir, RunLock, build_model, write_json};
+use crate::run::{RunDir, RunLock, write_json};
 use crate::schedule::LinearWarmup;
 use data::{CreatedDir, Prepared};
 
@@ -140,12 +143,13 @@ impl Session {
         })
     }
 
-    /// The pretrained model and tokenizer; a local model is recorded by absolute path, so the
-    /// run loads from any directory.
-    pub fn load_model(&mut self, device: &Device) -> Result<Pretrained> {
-        eprintln!("device: {}", crate::device::describe(device));
+    /// The pretrained model and tokenizer, on the main training device; a local model is
+    /// recorded by absolute path, so the run loads from any directory.
+    pub fn load_model(&mut self, main: &NamedDevice) -> Result<Pretrained> {
+        eprintln!("device: {}", main.describe());
         eprintln!("model: {}", self.config.model.source);
         let model = &self.config.model;
+        let device = &main.device.clone().autodiff();
         let pretrained = Pretrained::load(&model.source, model.max_length, device)?;
         if let bert_model::ModelSource::Local(dir) = &pretrained.source
             && let Ok(abs) = std::fs::canonicalize(dir)
@@ -161,17 +165,17 @@ impl Session {
     pub fn prepare(
         &mut self,
         pretrained: &Pretrained,
-        devices: &[Device],
+        devices: &[NamedDevice],
     ) -> Result<(Prepared, BertClassifier)> {
         let main = devices.first().context("no device to train on")?;
-        let device = &main.clone().autodiff();
+        let device = &main.device.clone().autodiff();
         let tokenizer = &pretrained.tokenizer;
         let data = match self.resume_from {
             Some(_) => data::prepare_resumed(&self.run, &self.config, tokenizer)?,
             None => data::prepare(&self.run, &self.config, tokenizer)?,
         };
         let model = build_model(pretrained, &self.config, data.labels.len(), device)?;
-        let model = crate::run::trainable_only(model, &self.config);
+        let model = trainable_only(model, &self.config);
         model
             .check_input_length(self.config.model.max_length)
             .context("model.max_length and peft.num_virtual_tokens")?;
@@ -204,7 +208,8 @@ impl Session {
             "per_epoch": steps_per_epoch,
             "total": self.total_steps,
         });
-        let names: Vec<String> = devices.iter().map(crate::device::describe).collect();
+        // As the user names them (`flex`, `cuda:0`): the report shows it.
+        let names: Vec<String> = devices.iter().map(NamedDevice::to_string).collect();
         summary["device"] = json!(names.join(", "));
         match self.resume_from {
             Some(epoch) => self.check_checkpoints(epoch, steps_per_epoch, &model)?,
@@ -255,14 +260,11 @@ impl Session {
         data: Prepared,
         model: BertClassifier,
         batcher: ClassificationBatcher,
-        devices: &[Device],
+        devices: &[NamedDevice],
         stop_after: Option<usize>,
-    ) -> (LearningResult<BertClassifier>, History) {
+    ) -> Result<(LearningResult<BertClassifier>, History)> {
         let (config, run) = (&self.config, &self.run);
-        let device = &devices
-            .first()
-            .cloned()
-            .unwrap_or_else(crate::device::device);
+        let device = &devices.first().context("no device to train on")?.device;
         let batch = config.train.batch_size;
         let total_steps = self.total_steps;
         let labels = data.labels.names().to_vec();
@@ -334,8 +336,8 @@ impl Session {
             loss: LossMetric::new().name().to_string(),
         });
         if devices.len() > 1 {
-            let strategy =
-                ExecutionStrategy::multi(devices.to_vec(), MultiDeviceOptim::OptimMainDevice);
+            let devices = devices.iter().map(|d| d.device.clone()).collect();
+            let strategy = ExecutionStrategy::multi(devices, MultiDeviceOptim::OptimMainDevice);
             training = training.with_training_strategy(TrainingStrategy::Default(strategy));
         }
         match self.resume_from {
@@ -347,7 +349,7 @@ impl Session {
             None => {}
         }
         let result = training.launch(Learner::new(model, optim, schedule));
-        (result, history)
+        Ok((result, history))
     }
 
     /// Keeps the best epoch (trainable parameters, peft adapter, summary) and says how the
@@ -386,7 +388,7 @@ impl Session {
             bail!(
                 "training diverged: {why}; nothing was saved as the run's result (lower \
                  train.lr{})",
-                if config.train.precision == crate::device::Precision::F32 {
+                if config.train.precision == Precision::F32 {
                     ""
                 } else {
                     ", or train with train.precision = \"f32\""
@@ -596,6 +598,34 @@ impl EarlyStoppingStrategy for StopEarly {
         let loss = store.find_metric(&self.loss, epoch, Aggregate::Mean, &Split::Train);
         self.decide(epoch, loss)
     }
+}
+
+/// `model` with gradients on exactly the parameters the method trains (`is_trainable`, which
+/// also decides what the parameter counts and the adapter hold). The optimizer updates only
+/// what tracks gradients, and a parameter whose value was replaced after its creation (the
+/// fresh head's zero bias, set through `Param::map`) keeps Burn's trainable flag without the
+/// tracking until a checkpoint reload restores it: it would train only after a resume, and a
+/// resumed run would not reproduce a straight one.
+fn trainable_only(model: BertClassifier, config: &TrainConfig) -> BertClassifier {
+    struct RequireGrad<'a> {
+        path: ModulePath,
+        config: &'a TrainConfig,
+    }
+    impl ModuleMapper for RequireGrad<'_> {
+        fn enter_module(&mut self, name: &str, container_type: &str) {
+            self.path.enter(name, container_type);
+        }
+        fn exit_module(&mut self, _name: &str, _container_type: &str) {
+            self.path.exit();
+        }
+        fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
+            param.set_require_grad(self.config.peft.is_trainable(&self.path.path()))
+        }
+    }
+    model.map(&mut RequireGrad {
+        path: ModulePath::default(),
+        config,
+    })
 }
 
 /// (trainable, total) parameter counts.

@@ -26,13 +26,29 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 use tokio::sync::Notify;
 
-use super::Shared;
 use super::metrics::{self, Metrics, Route};
-use super::queue::Refused;
+use super::queue::{Queue, Refused};
+use crate::threshold::Threshold;
 
 /// Seconds a client told 503 should wait before trying again: the queue drains in about a
 /// batch's time, and connections free up as fast as requests are answered.
 const RETRY_AFTER_SECS: &str = "1";
+
+/// What the request handlers share: the adapters' answers to give, the queue to the inference
+/// thread, and the metrics.
+pub(super) struct Shared {
+    /// Whether the inference thread is running (false while it is restarted).
+    pub worker_up: Arc<AtomicBool>,
+    pub metrics: Arc<Metrics>,
+    pub api_keys: Vec<String>,
+    pub names: Vec<String>,
+    pub runs_info: Vec<Value>,
+    pub labels: Vec<Vec<String>>,
+    pub thresholds: Vec<Option<(usize, Threshold)>>,
+    pub queue: Queue,
+    pub max_texts: usize,
+    pub max_text_chars: usize,
+}
 
 pub(super) struct Limits {
     pub header_timeout: Duration,

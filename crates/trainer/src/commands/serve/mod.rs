@@ -42,9 +42,11 @@ use anyhow::{Context, Result, bail};
 use bert_model::Pretrained;
 use clap::Args;
 use clap::builder::RangedU64ValueParser;
-use serde_json::{Value, json};
+use serde_json::json;
 
 use crate::classifier::Classifier;
+use crate::device::DeviceChoice;
+use crate::run::RunDir;
 
 /// The longest any of serve's durations may be: longer is a typo, and unbounded ones overflow
 /// the clock.
@@ -144,31 +146,15 @@ pub struct ServeArgs {
     pub api_key_file: Option<PathBuf>,
 }
 
-/// What the request handlers share: the adapters' answers to give, the queue to the inference
-/// thread, and the metrics.
-struct Shared {
-    /// Whether the inference thread is running (false while it is restarted).
-    worker_up: Arc<AtomicBool>,
-    metrics: Arc<metrics::Metrics>,
-    api_keys: Vec<String>,
-    names: Vec<String>,
-    runs_info: Vec<Value>,
-    labels: Vec<Vec<String>>,
-    thresholds: Vec<Option<(usize, crate::threshold::Threshold)>>,
-    queue: queue::Queue,
-    max_texts: usize,
-    max_text_chars: usize,
-}
-
-pub fn run(args: ServeArgs) -> Result<()> {
+pub fn run(args: ServeArgs, choice: &DeviceChoice) -> Result<()> {
     // Before anything slow, so that a bad flag is told at once.
     check(&args)?;
-    let device = crate::device::device();
-    let config = Classifier::read_config(&args.run)?;
-    crate::device::set_precision(std::slice::from_ref(&device), config.train.precision)?;
-    let pretrained = Pretrained::load(&config.model.source, config.model.max_length, &device)?;
+    let device = choice.device();
+    let config = RunDir::new(&args.run).read_config()?;
+    choice.set_main_precision(config.train.precision)?;
+    let pretrained = Pretrained::load(&config.model.source, config.model.max_length, device)?;
     let mut names = vec![config.name.clone()];
-    let mut runs = vec![Classifier::load_with(&args.run, &pretrained, &device)?];
+    let mut runs = vec![Classifier::load_with(&args.run, &pretrained, device)?];
     for spec in &args.adapters {
         let Some((name, dir)) = spec.split_once('=') else {
             bail!("--adapter {spec}: expected NAME=DIR");
@@ -178,7 +164,7 @@ pub fn run(args: ServeArgs) -> Result<()> {
         }
         let dir = PathBuf::from(dir);
         let run = if dir.join("config.toml").is_file() {
-            let other = Classifier::read_config(&dir)?;
+            let other = RunDir::new(&dir).read_config()?;
             if other.model.source != config.model.source {
                 bail!(
                     "--adapter {spec}: trained on {}, but the served base model is {}",
@@ -186,7 +172,7 @@ pub fn run(args: ServeArgs) -> Result<()> {
                     config.model.source
                 );
             }
-            Classifier::load_with(&dir, &pretrained, &device)?
+            Classifier::load_with(&dir, &pretrained, device)?
         } else {
             let labels = dir.join("labels.txt");
             let labels = labels.is_file().then_some(labels);
@@ -195,7 +181,7 @@ pub fn run(args: ServeArgs) -> Result<()> {
                 &config.model.source,
                 &dir,
                 labels.as_deref(),
-                &device,
+                device,
             )?
         };
         names.push(name.to_string());
@@ -221,7 +207,7 @@ pub fn run(args: ServeArgs) -> Result<()> {
     // Up from the start: jobs wait in the queue until the thread takes them.
     let worker_up = Arc::new(AtomicBool::new(true));
     let metrics = Arc::new(metrics::Metrics::new(&names, args.max_batch));
-    let shared = Arc::new(Shared {
+    let shared = Arc::new(http::Shared {
         worker_up: worker_up.clone(),
         metrics: metrics.clone(),
         api_keys,
@@ -240,7 +226,7 @@ pub fn run(args: ServeArgs) -> Result<()> {
         metrics,
         Duration::from_millis(args.batch_wait_ms),
         args.max_batch,
-        device,
+        device.clone(),
     );
     let supervisor = std::thread::spawn(move || worker.supervise());
 
