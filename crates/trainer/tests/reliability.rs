@@ -417,20 +417,7 @@ fn a_pypi_model_string_never_reaches_a_build() {
     one_line_error(&out, &["pypi:NAME"]);
 
     // The same string in a run's recipe.
-    write_data(dir);
-    ok(&trainer(
-        dir,
-        &[
-            "train",
-            "--config",
-            "tiny.toml",
-            "--set",
-            "train.epochs=1",
-            "--run-dir",
-            "r",
-        ],
-    ));
-    let config = dir.join("r/config.toml");
+    let config = trained_run(dir).join("config.toml");
     let text: String = std::fs::read_to_string(&config)
         .unwrap()
         .lines()
