@@ -35,7 +35,8 @@ fn is_linear_weight(path: &str, shape: &[usize]) -> bool {
 
 /// Writes `model` (trained with `peft`) into `dir` as a HF sequence classifier with label names
 /// `labels`, the tokenizer files taken from `tokenizer_dir`; weight updates are merged first
-/// ([`BertClassifier::merged`]). Each file is written atomically.
+/// ([`BertClassifier::merged`]). `extra` fields are added to `config.json` (transformers keeps
+/// unknown keys as attributes). Each file is written atomically.
 pub fn write_hf_classifier(
     dir: &Path,
     model: &BertClassifier,
@@ -43,6 +44,7 @@ pub fn write_hf_classifier(
     bert: &BertConfig,
     labels: &[String],
     tokenizer_dir: &Path,
+    extra: serde_json::Map<String, serde_json::Value>,
 ) -> Result<()> {
     let refuse = |message: &str| ModelError::Incompatible {
         path: dir.to_path_buf(),
@@ -67,7 +69,10 @@ pub fn write_hf_classifier(
     meta.insert("format".to_string(), "pt".to_string());
     write_safetensors(&dir.join(WEIGHTS_FILE), &hf, Some(meta))?;
 
-    let config = classifier_config(bert, labels);
+    let mut config = classifier_config(bert, labels);
+    if let Some(fields) = config.as_object_mut() {
+        fields.extend(extra);
+    }
     let text = serde_json::to_string_pretty(&config).expect("config serialises");
     crate::fsutil::write_atomic(&dir.join("config.json"), text.as_bytes())?;
 

@@ -44,8 +44,9 @@ pub fn run(args: ExportArgs, choice: &DeviceChoice) -> Result<()> {
             &bert,
             run.labels.names(),
             &base.dir,
+            decision_fields(&run)?,
         )?;
-        add_decision_fields(&tmp.join("config.json"), &run)
+        Ok(())
     })?;
     eprintln!(
         "exported {} ({} labels: {}) to {}",
@@ -91,16 +92,11 @@ fn fold_temperature(mut model: BertClassifier, temperature: f64) -> BertClassifi
     model
 }
 
-/// Records in the exported `config.json` what decides beyond the softmax: the temperature
-/// already folded into the head (for the record) and the run's decision threshold, which
+/// What decides beyond the softmax, for the exported `config.json`: the temperature already
+/// folded into the head (for the record) and the run's decision threshold, which
 /// `--model DIR` applies as `--run` does.
-fn add_decision_fields(config: &Path, run: &Classifier) -> Result<()> {
-    let text = bert_model::fsutil::read_small_text(config)?;
-    let mut value: serde_json::Value =
-        serde_json::from_str(&text).with_context(|| format!("{}: not JSON", config.display()))?;
-    let Some(fields) = value.as_object_mut() else {
-        bail!("{}: not a JSON object", config.display());
-    };
+fn decision_fields(run: &Classifier) -> Result<serde_json::Map<String, serde_json::Value>> {
+    let mut fields = serde_json::Map::new();
     fields.insert(
         "calibration_temperature_folded".into(),
         run.temperature.into(),
@@ -111,9 +107,7 @@ fn add_decision_fields(config: &Path, run: &Classifier) -> Result<()> {
             serde_json::to_value(t)?,
         );
     }
-    let text = serde_json::to_string_pretty(&value)?;
-    bert_model::fsutil::write_atomic(config, text.as_bytes())?;
-    Ok(())
+    Ok(fields)
 }
 
 /// Fills a temporary sibling of `dir`, then renames it into place: `dir` appears complete or
