@@ -5,18 +5,20 @@
 //! which keeps loading a plain walk over the key list. Linear weights are stored as Burn's
 //! `[d_in, d_out]`, i.e. transposed relative to PyTorch.
 //!
-//! Self-attention can take per-layer key/value prefixes: prefix tuning feeds those, and the
-//! attention mask is extended by ones for them, as peft does with `past_key_values`.
+//! The encoder takes what parameter-efficient methods feed it ([`BertExtras`]) without knowing
+//! the methods: per-layer key/value prefixes (the attention mask is extended by ones for them,
+//! as peft does with `past_key_values`), embeddings prepended to the input, and additions to
+//! the outputs of its linears ([`LinearUpdates`]).
 
-use burn::nn::{Embedding, EmbeddingConfig, Linear, LinearConfig};
+use burn::nn::{self, Embedding, EmbeddingConfig, LinearConfig};
 use burn::prelude::*;
 use burn::tensor::activation;
 
 use crate::config::BertConfig;
 use crate::dropout::{Dropout, DropoutConfig};
 use crate::kernels;
+use crate::linear::Linear;
 use crate::norm::LayerNorm;
-use crate::peft::lora::LoraLinear;
 
 /// Key/value tensors prepended to one layer's attention, each `[batch, prefix_len, hidden]`
 /// (heads side by side, as the key and value projections write them, so prepending them is a
@@ -37,12 +39,104 @@ pub struct BertInput {
 
 /// Where the encoder reads its input from, beyond the token ids.
 #[derive(Debug, Clone, Default)]
-pub struct BertExtras {
+pub struct BertExtras<'a> {
     /// Per-layer key/value prefixes (prefix tuning); the mask is extended by ones for them.
     pub prefix: Option<Vec<LayerPrefix>>,
     /// Embeddings `[batch, n, hidden]` prepended to the word embeddings (prompt / p-tuning);
     /// the pooler then reads the first virtual token, as in peft.
     pub prompt: Option<Tensor<3>>,
+    /// Additions to the outputs of linears (LoRA's low-rank updates).
+    pub updates: Option<&'a dyn LinearUpdates>,
+}
+
+/// A linear of one encoder layer, in HF's order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LayerLinear {
+    Query,
+    Key,
+    Value,
+    AttentionOutput,
+    Intermediate,
+    Output,
+}
+
+impl LayerLinear {
+    pub const ALL: [Self; 6] = [
+        Self::Query,
+        Self::Key,
+        Self::Value,
+        Self::AttentionOutput,
+        Self::Intermediate,
+        Self::Output,
+    ];
+
+    /// Its HF module path inside a layer.
+    pub fn hf_name(self) -> &'static str {
+        match self {
+            Self::Query => "attention.self.query",
+            Self::Key => "attention.self.key",
+            Self::Value => "attention.self.value",
+            Self::AttentionOutput => "attention.output.dense",
+            Self::Intermediate => "intermediate.dense",
+            Self::Output => "output.dense",
+        }
+    }
+}
+
+/// A linear of the encoder or the pooler, by place.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LinearAt {
+    Layer(usize, LayerLinear),
+    Pooler,
+}
+
+impl LinearAt {
+    /// Its HF module path inside a task model (`bert.encoder.layer.0.attention.self.query`):
+    /// the names peft's `target_modules` match.
+    pub fn hf_path(self) -> String {
+        match self {
+            Self::Layer(i, linear) => format!("bert.encoder.layer.{i}.{}", linear.hf_name()),
+            Self::Pooler => "bert.pooler.dense".to_string(),
+        }
+    }
+}
+
+/// Trainable additions to the outputs of BERT's linears, which stay as loaded: the linear at
+/// `at` computes `x W + b + update`.
+pub trait LinearUpdates: std::fmt::Debug {
+    /// The addition for input `x` (`[batch, seq, d_in]`), `[batch, seq, d_out]`, if the linear
+    /// at `at` has one.
+    fn update(&self, at: LinearAt, x: &Tensor<3>) -> Option<Tensor<3>>;
+}
+
+impl BertExtras<'_> {
+    /// `linear(x)`, plus the update at `at` if there is one.
+    fn project(&self, at: LinearAt, linear: &Linear, x: Tensor<3>) -> Tensor<3> {
+        let update = self.updates.and_then(|u| u.update(at, &x));
+        let out = linear.forward(x);
+        match update {
+            Some(update) => out + update,
+            None => out,
+        }
+    }
+}
+
+/// One layer's view of [`BertExtras`].
+#[derive(Clone, Copy)]
+struct LayerExtras<'e, 'a> {
+    extras: &'e BertExtras<'a>,
+    layer: usize,
+}
+
+impl LayerExtras<'_, '_> {
+    fn project(&self, linear: LayerLinear, weights: &Linear, x: Tensor<3>) -> Tensor<3> {
+        self.extras
+            .project(LinearAt::Layer(self.layer, linear), weights, x)
+    }
+
+    fn prefix(&self) -> Option<&LayerPrefix> {
+        self.extras.prefix.as_ref().map(|p| &p[self.layer])
+    }
 }
 
 #[derive(Module, Debug)]
@@ -105,9 +199,9 @@ impl BertEmbeddings {
 
 #[derive(Module, Debug)]
 pub struct BertSelfAttention {
-    pub query: LoraLinear,
-    pub key: LoraLinear,
-    pub value: LoraLinear,
+    pub query: Linear,
+    pub key: Linear,
+    pub value: Linear,
     pub dropout: Dropout,
     num_attention_heads: usize,
 }
@@ -116,16 +210,21 @@ impl BertSelfAttention {
     pub fn new(config: &BertConfig, device: &Device) -> Self {
         let h = config.hidden_size;
         Self {
-            query: LoraLinear::new(h, h, device),
-            key: LoraLinear::new(h, h, device),
-            value: LoraLinear::new(h, h, device),
+            query: Linear::new(h, h, device),
+            key: Linear::new(h, h, device),
+            value: Linear::new(h, h, device),
             dropout: DropoutConfig::new(config.attention_probs_dropout_prob).init(),
             num_attention_heads: config.num_attention_heads,
         }
     }
 
     /// From loaded projections (see [`crate::load`]).
-    pub fn from_parts(config: &BertConfig, query: Linear, key: Linear, value: Linear) -> Self {
+    pub fn from_parts(
+        config: &BertConfig,
+        query: nn::Linear,
+        key: nn::Linear,
+        value: nn::Linear,
+    ) -> Self {
         Self {
             query: query.into(),
             key: key.into(),
@@ -151,19 +250,20 @@ impl BertSelfAttention {
     /// first positions) over every position of `hidden`. `mask_bias` is `[batch, 1, 1, keys]`:
     /// 0 where a key may be attended, a large negative value where not; `keys` counts the prefix
     /// too when one is given.
-    pub fn forward(
+    fn forward(
         &self,
         queries: Tensor<3>,
         hidden: Tensor<3>,
         mask_bias: Tensor<4>,
-        prefix: Option<&LayerPrefix>,
+        extras: LayerExtras,
     ) -> Tensor<3> {
         let hidden_size = hidden.dims()[2];
         let head_dim = hidden_size / self.num_attention_heads;
-        let query = self.split_heads(self.query.forward(queries));
-        let mut key = self.key.forward(hidden.clone());
-        let mut value = self.value.forward(hidden);
-        if let Some(prefix) = prefix {
+        let query = extras.project(LayerLinear::Query, &self.query, queries);
+        let query = self.split_heads(query);
+        let mut key = extras.project(LayerLinear::Key, &self.key, hidden.clone());
+        let mut value = extras.project(LayerLinear::Value, &self.value, hidden);
+        if let Some(prefix) = extras.prefix() {
             key = Tensor::cat(vec![prefix.key.clone(), key], 1);
             value = Tensor::cat(vec![prefix.value.clone(), value], 1);
         }
@@ -178,7 +278,7 @@ impl BertSelfAttention {
 /// Dense + dropout + residual LayerNorm: HF's `BertSelfOutput` and `BertOutput` share this shape.
 #[derive(Module, Debug)]
 pub struct BertResidualOutput {
-    pub dense: LoraLinear,
+    pub dense: Linear,
     pub layer_norm: LayerNorm,
     pub dropout: Dropout,
 }
@@ -186,14 +286,23 @@ pub struct BertResidualOutput {
 impl BertResidualOutput {
     pub fn new(config: &BertConfig, d_input: usize, device: &Device) -> Self {
         Self {
-            dense: LoraLinear::new(d_input, config.hidden_size, device),
+            dense: Linear::new(d_input, config.hidden_size, device),
             layer_norm: layer_norm(config, device),
             dropout: DropoutConfig::new(config.hidden_dropout_prob).init(),
         }
     }
 
-    pub fn forward(&self, hidden: Tensor<3>, residual: Tensor<3>) -> Tensor<3> {
-        let hidden = self.dropout.forward(self.dense.forward(hidden));
+    /// `dense` is this block's linear: attention output or feed-forward output.
+    fn forward(
+        &self,
+        hidden: Tensor<3>,
+        residual: Tensor<3>,
+        extras: LayerExtras,
+        dense: LayerLinear,
+    ) -> Tensor<3> {
+        let hidden = self
+            .dropout
+            .forward(extras.project(dense, &self.dense, hidden));
         self.layer_norm.forward(hidden + residual)
     }
 }
@@ -207,7 +316,7 @@ pub struct BertAttention {
 
 #[derive(Module, Debug)]
 pub struct BertIntermediate {
-    pub dense: LoraLinear,
+    pub dense: Linear,
     #[module(skip)]
     act: Activation,
 }
@@ -241,8 +350,9 @@ impl Activation {
 }
 
 impl BertIntermediate {
-    pub fn forward(&self, hidden: Tensor<3>) -> Tensor<3> {
-        self.act.forward(self.dense.forward(hidden))
+    fn forward(&self, hidden: Tensor<3>, extras: LayerExtras) -> Tensor<3> {
+        let dense = extras.project(LayerLinear::Intermediate, &self.dense, hidden);
+        self.act.forward(dense)
     }
 }
 
@@ -261,7 +371,7 @@ impl BertLayer {
                 output: BertResidualOutput::new(config, config.hidden_size, device),
             },
             intermediate: BertIntermediate {
-                dense: LoraLinear::new(config.hidden_size, config.intermediate_size, device),
+                dense: Linear::new(config.hidden_size, config.intermediate_size, device),
                 act: Activation::from_name(&config.hidden_act),
             },
             output: BertResidualOutput::new(config, config.intermediate_size, device),
@@ -273,7 +383,7 @@ impl BertLayer {
         config: &BertConfig,
         self_attn: BertSelfAttention,
         attention_output: BertResidualOutput,
-        intermediate_dense: Linear,
+        intermediate_dense: nn::Linear,
         output: BertResidualOutput,
     ) -> Self {
         Self {
@@ -289,25 +399,20 @@ impl BertLayer {
         }
     }
 
-    pub fn forward(
-        &self,
-        hidden: Tensor<3>,
-        mask_bias: Tensor<4>,
-        prefix: Option<&LayerPrefix>,
-    ) -> Tensor<3> {
-        self.forward_first(hidden.dims()[1], hidden, mask_bias, prefix)
+    fn forward(&self, hidden: Tensor<3>, mask_bias: Tensor<4>, extras: LayerExtras) -> Tensor<3> {
+        self.forward_first(hidden.dims()[1], hidden, mask_bias, extras)
     }
 
     /// The layer's output for the first `n` positions only, `[batch, n, hidden]`. Keys and
     /// values still come from every position, so these rows equal those of [`Self::forward`];
     /// every other row of the attention output, the feed-forward block and the layer norms is
     /// skipped.
-    pub fn forward_first(
+    fn forward_first(
         &self,
         n: usize,
         hidden: Tensor<3>,
         mask_bias: Tensor<4>,
-        prefix: Option<&LayerPrefix>,
+        extras: LayerExtras,
     ) -> Tensor<3> {
         let queries = if n == hidden.dims()[1] {
             hidden.clone()
@@ -317,10 +422,13 @@ impl BertLayer {
         let attn = self
             .attention
             .self_attn
-            .forward(queries.clone(), hidden, mask_bias, prefix);
-        let attn = self.attention.output.forward(attn, queries);
-        let ffn = self.intermediate.forward(attn.clone());
-        self.output.forward(ffn, attn)
+            .forward(queries.clone(), hidden, mask_bias, extras);
+        let attn =
+            self.attention
+                .output
+                .forward(attn, queries, extras, LayerLinear::AttentionOutput);
+        let ffn = self.intermediate.forward(attn.clone(), extras);
+        self.output.forward(ffn, attn, extras, LayerLinear::Output)
     }
 }
 
@@ -331,15 +439,17 @@ pub struct BertEncoder {
 
 #[derive(Module, Debug)]
 pub struct BertPooler {
-    pub dense: LoraLinear,
+    pub dense: Linear,
 }
 
 impl BertPooler {
     /// tanh(dense(hidden state of the first token)).
-    pub fn forward(&self, hidden: Tensor<3>) -> Tensor<2> {
-        let [batch, _, hidden_size] = hidden.dims();
-        let first = hidden.narrow(1, 0, 1).reshape([batch, hidden_size]);
-        self.dense.forward(first).tanh()
+    fn forward(&self, hidden: Tensor<3>, extras: &BertExtras) -> Tensor<2> {
+        let [batch, _, _] = hidden.dims();
+        let first = hidden.narrow(1, 0, 1);
+        let pooled = extras.project(LinearAt::Pooler, &self.dense, first);
+        let hidden_size = pooled.dims()[2];
+        pooled.reshape([batch, hidden_size]).tanh()
     }
 }
 
@@ -370,22 +480,43 @@ impl BertModel {
                     .collect(),
             },
             pooler: with_pooler.then(|| BertPooler {
-                dense: LoraLinear::new(config.hidden_size, config.hidden_size, device),
+                dense: Linear::new(config.hidden_size, config.hidden_size, device),
             }),
         }
     }
 
-    /// Rebuilds every linear of the encoder and pooler through `f`, which gets the linear's HF
-    /// module path inside a task model (`bert.encoder.layer.0.attention.self.query`): how LoRA
-    /// adapters are attached by peft's target names, and merged again.
-    pub fn map_linears(self, mut f: impl FnMut(&str, LoraLinear) -> LoraLinear) -> Self {
+    /// Every linear of the encoder and pooler, by place, with its `[d_in, d_out]`.
+    pub fn linears(&self) -> Vec<(LinearAt, [usize; 2])> {
+        let mut all = Vec::new();
+        for (i, layer) in self.encoder.layer.iter().enumerate() {
+            let attention = &layer.attention;
+            for (linear, weights) in LayerLinear::ALL.into_iter().zip([
+                &attention.self_attn.query,
+                &attention.self_attn.key,
+                &attention.self_attn.value,
+                &attention.output.dense,
+                &layer.intermediate.dense,
+                &layer.output.dense,
+            ]) {
+                all.push((LinearAt::Layer(i, linear), weights.weight.dims()));
+            }
+        }
+        if let Some(pooler) = &self.pooler {
+            all.push((LinearAt::Pooler, pooler.dense.weight.dims()));
+        }
+        all
+    }
+
+    /// Rebuilds every linear of the encoder and pooler through `f`, which gets the linear's
+    /// place: how weight updates are folded into the weights.
+    pub fn map_linears(self, mut f: impl FnMut(LinearAt, Linear) -> Linear) -> Self {
         let layer = self
             .encoder
             .layer
             .into_iter()
             .enumerate()
             .map(|(i, layer)| {
-                let mut g = |name: &str, l| f(&format!("bert.encoder.layer.{i}.{name}"), l);
+                let mut g = |linear, l| f(LinearAt::Layer(i, linear), l);
                 let BertLayer {
                     attention: BertAttention { self_attn, output },
                     intermediate,
@@ -394,29 +525,29 @@ impl BertModel {
                 BertLayer {
                     attention: BertAttention {
                         self_attn: BertSelfAttention {
-                            query: g("attention.self.query", self_attn.query),
-                            key: g("attention.self.key", self_attn.key),
-                            value: g("attention.self.value", self_attn.value),
+                            query: g(LayerLinear::Query, self_attn.query),
+                            key: g(LayerLinear::Key, self_attn.key),
+                            value: g(LayerLinear::Value, self_attn.value),
                             ..self_attn
                         },
                         output: BertResidualOutput {
-                            dense: g("attention.output.dense", output.dense),
+                            dense: g(LayerLinear::AttentionOutput, output.dense),
                             ..output
                         },
                     },
                     intermediate: BertIntermediate {
-                        dense: g("intermediate.dense", intermediate.dense),
+                        dense: g(LayerLinear::Intermediate, intermediate.dense),
                         ..intermediate
                     },
                     output: BertResidualOutput {
-                        dense: g("output.dense", layer_output.dense),
+                        dense: g(LayerLinear::Output, layer_output.dense),
                         ..layer_output
                     },
                 }
             })
             .collect();
         let pooler = self.pooler.map(|p| BertPooler {
-            dense: f("bert.pooler.dense", p.dense),
+            dense: f(LinearAt::Pooler, p.dense),
         });
         Self {
             embeddings: self.embeddings,
@@ -427,7 +558,10 @@ impl BertModel {
 
     pub fn forward(&self, input: BertInput, extras: &BertExtras) -> BertOutput {
         let (mut hidden, prompt_len) = self.encode(input, extras, false);
-        let pooler_output = self.pooler.as_ref().map(|p| p.forward(hidden.clone()));
+        let pooler_output = self
+            .pooler
+            .as_ref()
+            .map(|p| p.forward(hidden.clone(), extras));
         if prompt_len > 0 {
             let total = hidden.dims()[1];
             hidden = hidden.narrow(1, prompt_len, total - prompt_len);
@@ -443,7 +577,7 @@ impl BertModel {
     /// first position only, the one the pooler reads, which skips most of that layer's work.
     pub fn pooled(&self, input: BertInput, extras: &BertExtras) -> Option<Tensor<2>> {
         let pooler = self.pooler.as_ref()?;
-        Some(pooler.forward(self.encode(input, extras, true).0))
+        Some(pooler.forward(self.encode(input, extras, true).0, extras))
     }
 
     /// The last layer's hidden states, with the number of prompt positions in front of the
@@ -484,11 +618,11 @@ impl BertModel {
 
         let layers = self.encoder.layer.len();
         for (i, layer) in self.encoder.layer.iter().enumerate() {
-            let prefix = extras.prefix.as_ref().map(|p| &p[i]);
+            let at = LayerExtras { extras, layer: i };
             hidden = if first_only && i + 1 == layers {
-                layer.forward_first(1, hidden, mask_bias.clone(), prefix)
+                layer.forward_first(1, hidden, mask_bias.clone(), at)
             } else {
-                layer.forward(hidden, mask_bias.clone(), prefix)
+                layer.forward(hidden, mask_bias.clone(), at)
             };
         }
         (hidden, prompt_len)
@@ -517,7 +651,7 @@ fn layer_norm(config: &BertConfig, device: &Device) -> LayerNorm {
 pub struct BertForSequenceClassification {
     pub bert: BertModel,
     pub dropout: Dropout,
-    pub classifier: Linear,
+    pub classifier: nn::Linear,
 }
 
 impl BertForSequenceClassification {

@@ -9,7 +9,8 @@ use crate::bert::{BertExtras, BertInput, BertModel, BertPooler};
 use crate::config::BertConfig;
 use crate::dropout::{Dropout, DropoutConfig};
 use crate::error::{ModelError, Result};
-use crate::peft::{PeftConfig, PeftModule};
+use crate::peft::{PeftConfig, PeftModule, adapter};
+use crate::tokenizer::BertTokenizer;
 
 /// A padded batch with its class indices.
 #[derive(Debug, Clone)]
@@ -31,7 +32,7 @@ pub struct ClassificationStep {
 pub struct BertClassifier {
     pub bert: BertModel,
     /// The method's own module, if it has one (its parameters are named by its kind:
-    /// `prefix_encoder.*`, `prompt_encoder.*`).
+    /// `prefix_encoder.*`, `prompt_encoder.*`, `lora_model.*`).
     pub peft: Option<PeftModule>,
     pub dropout: Dropout,
     pub classifier: Linear,
@@ -87,13 +88,40 @@ impl BertClassifier {
         })
     }
 
+    /// Initialisation of the method's module that needs the tokenizer (prompt tuning's text
+    /// init, see [`crate::peft::Method::init_with_tokenizer`]).
+    pub fn init_with_tokenizer(self, peft: &PeftConfig, tokenizer: &BertTokenizer) -> Result<Self> {
+        let module = peft
+            .method()
+            .init_with_tokenizer(&self.bert, self.peft, tokenizer)?;
+        Ok(Self {
+            peft: module,
+            ..self
+        })
+    }
+
     /// Folds weight updates (LoRA's) into the base weights, a no-op for other methods: the
     /// same logits without the extra matmuls, for inference and export.
     pub fn merged(self) -> Self {
-        Self {
-            bert: self.bert.map_linears(|_, linear| linear.merge()),
-            ..self
+        match self.peft {
+            Some(module) => {
+                let (bert, peft) = module.merge_into(self.bert);
+                Self { bert, peft, ..self }
+            }
+            None => self,
         }
+    }
+
+    /// Writes the trained method's module and head as a peft adapter directory for base model
+    /// `base` (see [`adapter::write`]); `Ok(false)` for a method without an adapter form.
+    pub fn write_adapter(
+        &self,
+        dir: &std::path::Path,
+        peft: &PeftConfig,
+        bert: &BertConfig,
+        base: &str,
+    ) -> Result<bool> {
+        adapter::write(dir, self.peft.as_ref(), &self.classifier, peft, bert, base)
     }
 
     /// Logits `[batch, num_labels]`.

@@ -77,17 +77,10 @@ fn draw_seed(device: &Device) -> u64 {
         .fold(0u64, |acc, x| acc.rotate_left(23) ^ u64::from(x.to_bits()))
 }
 
-/// `n` values, each `1 / keep` with probability `keep`, else 0: the mask the host backends
-/// apply for `seed`.
-pub fn bernoulli_mask(n: usize, keep: f64, seed: u64) -> Vec<f32> {
-    let mut mask = vec![1.0; n];
-    crate::kernels::math::dropout_in_place(&mut mask, keep, seed);
-    mask
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::kernels::bernoulli_mask;
 
     #[test]
     fn mask_keeps_the_requested_share_scaled() {

@@ -33,7 +33,13 @@ pub fn read_limited(path: &Path, limit: u64) -> std::io::Result<Vec<u8>> {
             return Err(std::io::Error::other("a device, not a file"));
         }
     }
+    // A regular file's size is known: one allocation of it (bounded by `limit`) rather than
+    // doublings, which would peak at twice a large checkpoint.
+    let expected = file.metadata().map_or(0, |m| m.len()).min(limit);
     let mut bytes = Vec::new();
+    bytes
+        .try_reserve_exact(usize::try_from(expected).unwrap_or(0))
+        .map_err(|_| std::io::Error::other("out of memory"))?;
     file.take(limit.saturating_add(1)).read_to_end(&mut bytes)?;
     if bytes.len() as u64 > limit {
         return Err(std::io::Error::other(format!(

@@ -16,7 +16,7 @@ use hf_hub::api::Progress;
 use hf_hub::{Cache, Repo, RepoType};
 
 use crate::error::{ModelError, Result};
-use crate::source::WEIGHT_FILES;
+use crate::weights::WEIGHT_FILES;
 
 /// Files fetched from the hub: required first, then optional tokenizer files.
 const REQUIRED: &[&str] = &["config.json"];

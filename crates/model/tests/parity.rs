@@ -149,7 +149,7 @@ fn prefix_attention_matches_peft() {
     let batch = input.input_ids.dims()[0];
     let extras = BertExtras {
         prefix: Some(encoder.forward(batch)),
-        prompt: None,
+        ..BertExtras::default()
     };
     // The classifier's path runs the last layer for the pooled position only; the full
     // forward pass pools the same row.

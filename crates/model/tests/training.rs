@@ -114,10 +114,7 @@ fn one_training_step_matches_peft_for_every_method() {
         if let PeftConfig::PromptTuning(c) = &peft
             && c.prompt_tuning_init == PromptTuningInit::Text
         {
-            model = peft
-                .method()
-                .init_with_tokenizer(model, &tokenizer)
-                .unwrap();
+            model = model.init_with_tokenizer(&peft, &tokenizer).unwrap();
             let ours = params::collect(&model, |p| p == "prompt_encoder.embedding.weight");
             let key = "prompt_encoder.embedding.weight";
             let d = max_diff(&ours[key].data, &weights[key].data);

@@ -278,10 +278,7 @@ pub fn build_model(
         num_labels,
         device,
     )?;
-    Ok(config
-        .peft
-        .method()
-        .init_with_tokenizer(model, &pretrained.tokenizer)?)
+    Ok(model.init_with_tokenizer(&config.peft, &pretrained.tokenizer)?)
 }
 
 /// The input shapes inference pads its batches to. On the host each batch is as long as its

@@ -164,13 +164,21 @@ pub fn linear<const D: usize>(
     ))
 }
 
-/// Inverted dropout with a mask drawn from `seed` on the host (as
-/// [`crate::dropout::bernoulli_mask`]), for host backends: fused into one pass over `x` on Flex
+/// `n` values, each `1 / keep` with probability `keep`, else 0: the mask the host backends
+/// apply for `seed`.
+pub fn bernoulli_mask(n: usize, keep: f64, seed: u64) -> Vec<f32> {
+    let mut mask = vec![1.0; n];
+    math::dropout_in_place(&mut mask, keep, seed);
+    mask
+}
+
+/// Inverted dropout with a mask drawn from `seed` on the host (as [`bernoulli_mask`]), for
+/// host backends: fused into one pass over `x` on Flex
 /// (and recreated from the seed for the backward pass), multiplied in as a tensor elsewhere.
 pub fn dropout<const D: usize>(x: Tensor<D>, keep: f64, seed: u64) -> Tensor<D> {
     if !has_kernels(&x.device()) {
         let shape = x.shape();
-        let mask = crate::dropout::bernoulli_mask(shape.num_elements(), keep, seed);
+        let mask = bernoulli_mask(shape.num_elements(), keep, seed);
         let mask = Tensor::<D>::from_data(TensorData::new(mask, shape), &x.device());
         return x * mask;
     }

@@ -248,7 +248,7 @@ fn dropout_applies_the_seeds_mask_and_recreates_it_for_the_gradient() {
     // Below and above the size at which the mask is drawn on several threads.
     for shape in [[3, 5, 7], [4, 33, 1537]] {
         let n = shape.iter().product();
-        let mask = crate::dropout::bernoulli_mask(n, 0.9, 11);
+        let mask = super::bernoulli_mask(n, 0.9, 11);
         let mask = Tensor::<1>::from_floats(mask.as_slice(), &device).reshape(shape);
         let x = random(shape, &device).require_grad();
         let ours = dropout(x.clone(), 0.9, 11);

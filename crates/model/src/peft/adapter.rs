@@ -10,12 +10,12 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+use burn::nn::Linear;
 use burn::prelude::*;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-use super::{PeftConfig, PeftType, Tensors};
-use crate::classifier::BertClassifier;
+use super::{PeftConfig, PeftModule, PeftType, Tensors};
 use crate::config::BertConfig;
 use crate::error::{ModelError, Result};
 use crate::weights::{Checkpoint, RawTensor, write_safetensors};
@@ -287,18 +287,20 @@ fn check_base(files: &AdapterFiles, bert: &BertConfig) -> Result<()> {
     Ok(())
 }
 
-/// Writes `model` (trained with `peft`) as a peft adapter directory for base model `base`.
-/// Returns `Ok(false)` when the method has no peft adapter form (full fine-tuning).
+/// Writes a trained method's module and the classifier head (`[hidden, num_labels]`) as a peft
+/// adapter directory for base model `base`. Returns `Ok(false)` when the method has no peft
+/// adapter form (full fine-tuning).
 pub fn write(
     dir: &Path,
-    model: &BertClassifier,
+    module: Option<&PeftModule>,
+    head: &Linear,
     peft: &PeftConfig,
     bert: &BertConfig,
     base: &str,
 ) -> Result<bool> {
     let (Some(peft_type), Some(parts)) = (
         peft.peft_type(),
-        peft.method().write_adapter(model, bert, base)?,
+        peft.method().write_adapter(module, bert, base)?,
     ) else {
         return Ok(false);
     };
@@ -314,17 +316,17 @@ pub fn write(
         fields.extend(parts.fields);
     }
     let mut tensors = parts.tensors;
-    let head = parts.head_prefix;
+    let prefix = parts.head_prefix;
     tensors.insert(
-        format!("{head}.weight"),
-        RawTensor::from_tensor(model.classifier.weight.val())?.transposed(),
+        format!("{prefix}.weight"),
+        RawTensor::from_tensor(head.weight.val())?.transposed(),
     );
-    let n = model.num_labels();
-    let bias = match &model.classifier.bias {
+    let n = head.weight.dims()[1];
+    let bias = match &head.bias {
         Some(b) => RawTensor::from_tensor(b.val())?,
         None => RawTensor::new(vec![n], vec![0.0; n]),
     };
-    tensors.insert(format!("{head}.bias"), RawTensor::new(vec![n], bias.data));
+    tensors.insert(format!("{prefix}.bias"), RawTensor::new(vec![n], bias.data));
 
     std::fs::create_dir_all(dir).map_err(|e| ModelError::io(dir, e))?;
     let mut meta = std::collections::HashMap::new();

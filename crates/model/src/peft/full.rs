@@ -6,7 +6,6 @@ use serde::{Deserialize, Serialize};
 
 use super::{AdapterFiles, AdapterParts, Method, PeftConfig, PeftModule, Tensors};
 use crate::bert::BertModel;
-use crate::classifier::BertClassifier;
 use crate::config::BertConfig;
 use crate::error::{ModelError, Result};
 
@@ -43,7 +42,7 @@ impl Method for FullConfig {
 
     fn write_adapter(
         &self,
-        _model: &BertClassifier,
+        _module: Option<&PeftModule>,
         _bert: &BertConfig,
         _base: &str,
     ) -> Result<Option<AdapterParts>> {

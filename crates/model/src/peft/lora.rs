@@ -5,8 +5,12 @@
 //! `a = sqrt(5)`), `B` (`lora_B`) zero so training starts from the pretrained function, and
 //! `scaling = alpha / r` (or `alpha / sqrt(r)` with rsLoRA). Merging folds `A B * scaling` into
 //! `W`, after which the layer is a plain linear again with the same outputs.
+//!
+//! peft replaces each targeted `nn.Linear` by a wrapper; here BERT's linears stay as they are
+//! and the updates live in this method's own module ([`LoraModel`], laid out like the encoder),
+//! which BERT adds to the linears' outputs ([`LinearUpdates`]). Adapter keys are mapped to and
+//! from peft's on the way in and out.
 
-use burn::module::Param;
 use burn::nn::{Initializer, Linear, LinearConfig};
 use burn::prelude::*;
 use serde::{Deserialize, Serialize};
@@ -15,12 +19,11 @@ use super::{
     AdapterFiles, AdapterParts, MAX_RANK, Method, PeftConfig, PeftModule, Tensors, count,
     probability,
 };
-use crate::bert::BertModel;
-use crate::classifier::BertClassifier;
+use crate::bert::{BertModel, LayerLinear, LinearAt, LinearUpdates};
 use crate::config::BertConfig;
 use crate::dropout::{Dropout, DropoutConfig};
 use crate::error::{ModelError, Result};
-use crate::params;
+use crate::weights::RawTensor;
 
 /// peft's `LoraConfig`, with the reference recipe's values as defaults.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -85,11 +88,6 @@ impl Method for LoraConfig {
         Ok(())
     }
 
-    /// The low-rank factors inside BERT train, besides the head.
-    fn is_trainable(&self, path: &str) -> bool {
-        !path.starts_with("bert.") || path.contains(".lora.")
-    }
-
     /// Attaches updates to the linears `target_modules` names, as peft does; a target that
     /// matches nothing is an error (peft: "Target modules ... not found in the base model"),
     /// and so is a rank above a targeted linear's.
@@ -97,35 +95,30 @@ impl Method for LoraConfig {
         &self,
         bert: BertModel,
         _config: &BertConfig,
-        _device: &Device,
+        device: &Device,
     ) -> Result<(BertModel, Option<PeftModule>)> {
         let mut matched = vec![false; self.target_modules.len()];
-        let mut too_wide = None;
-        let bert = bert.map_linears(|path, linear| {
+        let mut targeted = Vec::new();
+        for (at, [d_in, d_out]) in bert.linears() {
+            let path = at.hf_path();
             let mut hit = false;
             for (i, t) in self.target_modules.iter().enumerate() {
-                if target_matches(t, path) {
+                if target_matches(t, &path) {
                     matched[i] = true;
                     hit = true;
                 }
             }
-            let [d_in, d_out] = linear.weight.dims();
             if hit && self.r > d_in.min(d_out) {
-                too_wide.get_or_insert(format!(
+                return Err(ModelError::Other(format!(
                     "peft.r = {} exceeds the rank of {path} ({d_in} x {d_out}): a low-rank update \
                      needs r <= {}",
                     self.r,
                     d_in.min(d_out)
-                ));
-                linear
-            } else if hit {
-                linear.with_lora(self)
-            } else {
-                linear
+                )));
             }
-        });
-        if let Some(message) = too_wide {
-            return Err(ModelError::Other(message));
+            if hit {
+                targeted.push((at, [d_in, d_out]));
+            }
         }
         let missing: Vec<&str> = self
             .target_modules
@@ -140,19 +133,43 @@ impl Method for LoraConfig {
                  value, dense; or full paths like bert.encoder.layer.0.attention.self.query)"
             )));
         }
-        Ok((bert, None))
+        let model = LoraModel::new(&bert, &targeted, self, device);
+        Ok((bert, Some(PeftModule::LoraModel(model))))
+    }
+
+    /// Runs written before the updates moved out of BERT's linears kept them there
+    /// (`bert.encoder.layer.0.attention.self_attn.query.lora.lora_a.weight`).
+    fn upgrade_key(&self, key: &str) -> Option<String> {
+        let (module, factor) = key
+            .strip_suffix(".lora.lora_a.weight")
+            .map(|m| (m, "lora_a"))
+            .or_else(|| {
+                key.strip_suffix(".lora.lora_b.weight")
+                    .map(|m| (m, "lora_b"))
+            })?;
+        let at = parse_hf_path(&module.replace(".attention.self_attn.", ".attention.self."))?;
+        Some(update_path(at, factor))
     }
 
     fn write_adapter(
         &self,
-        model: &BertClassifier,
+        module: Option<&PeftModule>,
         _bert: &BertConfig,
         _base: &str,
     ) -> Result<Option<AdapterParts>> {
-        let tensors: Tensors = params::collect(model, |p| p.contains(".lora."))
-            .into_iter()
-            .map(|(path, t)| (path_to_key(&path), t.transposed()))
-            .collect();
+        let Some(PeftModule::LoraModel(model)) = module else {
+            return Err(ModelError::Other("the model has no LoRA updates".into()));
+        };
+        let mut tensors = Tensors::new();
+        for (at, update) in model.updates() {
+            let module = format!("{KEY_PREFIX}{}", at.hf_path());
+            for (factor, linear) in [("lora_A", &update.lora_a), ("lora_B", &update.lora_b)] {
+                tensors.insert(
+                    format!("{module}.{factor}.weight"),
+                    RawTensor::from_tensor(linear.weight.val())?.transposed(),
+                );
+            }
+        }
         let mut targets: Vec<String> = self.target_modules.clone();
         targets.sort();
         let mut f = serde_json::Map::new();
@@ -234,27 +251,54 @@ impl Method for LoraConfig {
 }
 
 /// peft's key (`base_model.model.bert.encoder.layer.0.attention.self.query.lora_A.weight`) ->
-/// (this project's module path `bert.encoder.layer.0.attention.self_attn.query.lora.lora_a.weight`,
-/// the HF module path, whether it is `lora_A`).
+/// (this project's module path `lora_model.layer.0.query.lora_a.weight`, the HF module path,
+/// whether it is `lora_A`).
 fn key_to_path(key: &str) -> Option<(String, String, bool)> {
     let rest = key.strip_prefix(KEY_PREFIX)?;
     let (module, factor) = rest
         .strip_suffix(".lora_A.weight")
         .map(|m| (m, "lora_a"))
         .or_else(|| rest.strip_suffix(".lora_B.weight").map(|m| (m, "lora_b")))?;
-    let path = module.replace(".attention.self.", ".attention.self_attn.");
+    let at = parse_hf_path(module)?;
     Some((
-        format!("{path}.lora.{factor}.weight"),
+        update_path(at, factor),
         module.to_string(),
         factor == "lora_a",
     ))
 }
 
-fn path_to_key(path: &str) -> String {
-    let module = params::hf_key(path)
-        .replace(".lora.lora_a.weight", ".lora_A.weight")
-        .replace(".lora.lora_b.weight", ".lora_B.weight");
-    format!("{KEY_PREFIX}{module}")
+/// The linear at an HF module path inside a task model, if BERT has one there.
+fn parse_hf_path(path: &str) -> Option<LinearAt> {
+    if path == LinearAt::Pooler.hf_path() {
+        return Some(LinearAt::Pooler);
+    }
+    let rest = path.strip_prefix("bert.encoder.layer.")?;
+    let (index, name) = rest.split_once('.')?;
+    let layer = index.parse().ok()?;
+    let linear = LayerLinear::ALL.into_iter().find(|l| l.hf_name() == name)?;
+    Some(LinearAt::Layer(layer, linear))
+}
+
+/// The module path of one factor (`lora_a` / `lora_b`) of the update at `at`.
+fn update_path(at: LinearAt, factor: &str) -> String {
+    match at {
+        LinearAt::Layer(i, linear) => {
+            format!("lora_model.layer.{i}.{}.{factor}.weight", field(linear))
+        }
+        LinearAt::Pooler => format!("lora_model.pooler.{factor}.weight"),
+    }
+}
+
+/// The field of [`LoraLayer`] that holds the update of `linear`.
+fn field(linear: LayerLinear) -> &'static str {
+    match linear {
+        LayerLinear::Query => "query",
+        LayerLinear::Key => "key",
+        LayerLinear::Value => "value",
+        LayerLinear::AttentionOutput => "attention_output",
+        LayerLinear::Intermediate => "intermediate",
+        LayerLinear::Output => "output",
+    }
 }
 
 /// The tensors and `target_modules` must describe the same linears: every adapted module is
@@ -354,6 +398,13 @@ impl LoraUpdate {
         }
     }
 
+    /// `dropout(x) A B * scaling`: what the update adds to the linear's output.
+    pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
+        self.lora_b
+            .forward(self.lora_a.forward(self.dropout.forward(x)))
+            .mul_scalar(self.scaling)
+    }
+
     /// `A B * scaling`, `[in, out]`: what merging adds to the base weight.
     pub fn delta(&self) -> Tensor<2> {
         self.lora_a
@@ -368,69 +419,101 @@ impl LoraUpdate {
     }
 }
 
-/// A linear layer that may carry a LoRA update. Its own parameters keep the names of a plain
-/// linear (`weight`, `bias`), so checkpoints load the same with or without LoRA.
+/// The updates of one encoder layer's targeted linears.
 #[derive(Module, Debug)]
-pub struct LoraLinear {
-    pub weight: Param<Tensor<2>>,
-    pub bias: Option<Param<Tensor<1>>>,
-    pub lora: Option<LoraUpdate>,
+pub struct LoraLayer {
+    pub query: Option<LoraUpdate>,
+    pub key: Option<LoraUpdate>,
+    pub value: Option<LoraUpdate>,
+    pub attention_output: Option<LoraUpdate>,
+    pub intermediate: Option<LoraUpdate>,
+    pub output: Option<LoraUpdate>,
 }
 
-impl From<Linear> for LoraLinear {
-    fn from(linear: Linear) -> Self {
-        Self {
-            weight: linear.weight,
-            bias: linear.bias,
-            lora: None,
+impl LoraLayer {
+    fn get(&self, linear: LayerLinear) -> Option<&LoraUpdate> {
+        match linear {
+            LayerLinear::Query => self.query.as_ref(),
+            LayerLinear::Key => self.key.as_ref(),
+            LayerLinear::Value => self.value.as_ref(),
+            LayerLinear::AttentionOutput => self.attention_output.as_ref(),
+            LayerLinear::Intermediate => self.intermediate.as_ref(),
+            LayerLinear::Output => self.output.as_ref(),
         }
     }
 }
 
-impl LoraLinear {
-    pub fn new(d_in: usize, d_out: usize, device: &Device) -> Self {
-        LinearConfig::new(d_in, d_out).init(device).into()
-    }
+/// LoRA's module: the updates of the targeted linears, laid out like the encoder.
+#[derive(Module, Debug)]
+pub struct LoraModel {
+    pub layer: Vec<LoraLayer>,
+    pub pooler: Option<LoraUpdate>,
+}
 
-    pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
-        let base = crate::kernels::linear(
-            x.clone(),
-            self.weight.val(),
-            self.bias.as_ref().map(|b| b.val()),
-        );
-        match &self.lora {
-            Some(lora) => {
-                let update = lora
-                    .lora_b
-                    .forward(lora.lora_a.forward(lora.dropout.forward(x)));
-                base + update.mul_scalar(lora.scaling)
-            }
-            None => base,
-        }
-    }
-
-    /// Adds a fresh (zero-effect) LoRA update.
-    pub fn with_lora(mut self, config: &LoraConfig) -> Self {
-        let [d_in, d_out] = self.weight.dims();
-        self.lora = Some(LoraUpdate::new(d_in, d_out, config, &self.weight.device()));
-        self
-    }
-
-    /// Folds the LoRA update into the weight: same outputs (up to rounding), no extra matmuls.
-    pub fn merge(self) -> Self {
-        let Some(lora) = self.lora else {
-            return self;
+impl LoraModel {
+    /// Fresh (zero-effect) updates for the linears in `targeted` (by place, with their
+    /// `[d_in, d_out]`).
+    fn new(
+        bert: &BertModel,
+        targeted: &[(LinearAt, [usize; 2])],
+        config: &LoraConfig,
+        device: &Device,
+    ) -> Self {
+        let update = |at: LinearAt| {
+            targeted
+                .iter()
+                .find(|(t, _)| *t == at)
+                .map(|(_, [d_in, d_out])| LoraUpdate::new(*d_in, *d_out, config, device))
         };
-        let delta = lora.delta();
+        let layer = (0..bert.encoder.layer.len())
+            .map(|i| {
+                let at = |linear| update(LinearAt::Layer(i, linear));
+                LoraLayer {
+                    query: at(LayerLinear::Query),
+                    key: at(LayerLinear::Key),
+                    value: at(LayerLinear::Value),
+                    attention_output: at(LayerLinear::AttentionOutput),
+                    intermediate: at(LayerLinear::Intermediate),
+                    output: at(LayerLinear::Output),
+                }
+            })
+            .collect();
         Self {
-            weight: self.weight.map(|w| w + delta),
-            bias: self.bias,
-            lora: None,
+            layer,
+            pooler: update(LinearAt::Pooler),
         }
     }
 
-    pub fn d_in(&self) -> usize {
-        self.weight.dims()[0]
+    fn get(&self, at: LinearAt) -> Option<&LoraUpdate> {
+        match at {
+            LinearAt::Layer(i, linear) => self.layer.get(i)?.get(linear),
+            LinearAt::Pooler => self.pooler.as_ref(),
+        }
+    }
+
+    /// Every update with its place, in HF's order.
+    pub fn updates(&self) -> Vec<(LinearAt, &LoraUpdate)> {
+        let layers = (0..self.layer.len())
+            .flat_map(|i| LayerLinear::ALL.map(|l| LinearAt::Layer(i, l)))
+            .chain([LinearAt::Pooler]);
+        layers
+            .filter_map(|at| self.get(at).map(|u| (at, u)))
+            .collect()
+    }
+
+    /// `bert` with every update folded into its weight: the same outputs (up to rounding)
+    /// without the extra matmuls.
+    pub fn merge_into(&self, bert: BertModel) -> BertModel {
+        bert.map_linears(|at, linear| match self.get(at) {
+            Some(update) => linear.with_weight_delta(update.delta()),
+            None => linear,
+        })
+    }
+}
+
+impl LinearUpdates for LoraModel {
+    fn update(&self, at: LinearAt, x: &Tensor<3>) -> Option<Tensor<3>> {
+        self.get(at).map(|u| u.forward(x.clone()))
     }
 }
 
@@ -445,5 +528,49 @@ fn check_alpha(alpha: f64) -> std::result::Result<(), String> {
         Err(format!(
             "must be above 0 and at most {MAX_ALPHA}, got {alpha}"
         ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn peft_keys_and_older_runs_map_to_the_update_paths() {
+        let key = "base_model.model.bert.encoder.layer.1.attention.self.value.lora_B.weight";
+        let (path, module, is_a) = key_to_path(key).unwrap();
+        assert_eq!(path, "lora_model.layer.1.value.lora_b.weight");
+        assert_eq!(module, "bert.encoder.layer.1.attention.self.value");
+        assert!(!is_a);
+        let pooler = "base_model.model.bert.pooler.dense.lora_A.weight";
+        assert_eq!(
+            key_to_path(pooler).unwrap().0,
+            "lora_model.pooler.lora_a.weight"
+        );
+        for bad in [
+            "base_model.model.bert.encoder.layer.x.output.dense.lora_A.weight",
+            "base_model.model.bert.encoder.layer.0.output.lora_A.weight",
+            "base_model.model.bert.embeddings.word_embeddings.lora_A.weight",
+            "bert.encoder.layer.0.output.dense.lora_A.weight",
+        ] {
+            assert_eq!(key_to_path(bad), None, "{bad}");
+        }
+
+        let lora = LoraConfig::default();
+        let old = "bert.encoder.layer.0.attention.self_attn.query.lora.lora_a.weight";
+        assert_eq!(
+            lora.upgrade_key(old).as_deref(),
+            Some("lora_model.layer.0.query.lora_a.weight")
+        );
+        let old = "bert.encoder.layer.2.intermediate.dense.lora.lora_b.weight";
+        assert_eq!(
+            lora.upgrade_key(old).as_deref(),
+            Some("lora_model.layer.2.intermediate.lora_b.weight")
+        );
+        assert_eq!(lora.upgrade_key("classifier.weight"), None);
+        assert_eq!(
+            lora.upgrade_key("lora_model.layer.0.query.lora_a.weight"),
+            None
+        );
     }
 }

@@ -9,8 +9,9 @@
 //!    as peft does), and both directions of peft's adapter format.
 //! 2. One line in the [`registry!`] call below. Its variant name is the TOML `method` (in
 //!    kebab-case) and, with `peft_type`, peft's `peft_type` (in SCREAMING_SNAKE_CASE).
-//! 3. A module of its own (a new kind of input to BERT) is a variant of [`PeftModule`], which
-//!    says what that module feeds the encoder ([`BertExtras`]).
+//! 3. A module of its own is a variant of [`PeftModule`], which says what that module feeds
+//!    the encoder ([`BertExtras`]: key/value prefixes, prompt embeddings, additions to the
+//!    linears' outputs) and what merging it into BERT leaves.
 //!
 //! Everything else (training, checkpoints, adapters, export, serving) goes through the trait.
 
@@ -26,7 +27,6 @@ use burn::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use crate::bert::{BertExtras, BertModel};
-use crate::classifier::BertClassifier;
 use crate::config::BertConfig;
 use crate::error::Result;
 use crate::tokenizer::BertTokenizer;
@@ -34,7 +34,7 @@ use crate::weights::RawTensor;
 
 pub use adapter::{AdapterFiles, AdapterParts};
 pub use full::FullConfig;
-pub use lora::{LoraConfig, LoraLinear};
+pub use lora::{LoraConfig, LoraModel};
 pub use prefix::{PrefixEncoder, PrefixTuningConfig};
 pub use prompt::{PromptEncoder, PromptEncoderConfig, PromptTuningConfig, PromptTuningInit};
 
@@ -51,7 +51,8 @@ pub trait Method {
         true
     }
 
-    /// Whether the parameter at this module path of a [`BertClassifier`] trains. By default
+    /// Whether the parameter at this module path of a classifier
+    /// ([`crate::classifier::BertClassifier`]) trains. By default
     /// what is outside the pretrained BERT: the method's module and the head (peft's
     /// `modules_to_save` for sequence classification).
     fn is_trainable(&self, path: &str) -> bool {
@@ -67,15 +68,17 @@ pub trait Method {
         device: &Device,
     ) -> Result<(BertModel, Option<PeftModule>)>;
 
-    /// Initialisation that needs the tokenizer (prompt tuning's text init); after [`attach`].
+    /// Initialisation that needs the tokenizer (prompt tuning's text init): the method's
+    /// module, after [`attach`], given the BERT it was attached to.
     ///
     /// [`attach`]: Method::attach
     fn init_with_tokenizer(
         &self,
-        model: BertClassifier,
+        _bert: &BertModel,
+        module: Option<PeftModule>,
         _tokenizer: &BertTokenizer,
-    ) -> Result<BertClassifier> {
-        Ok(model)
+    ) -> Result<Option<PeftModule>> {
+        Ok(module)
     }
 
     /// The current name of a trainable-parameter key written by an older version of this
@@ -84,11 +87,12 @@ pub trait Method {
         None
     }
 
-    /// The trained model as peft adapter parts (tensors under peft's keys in torch layout,
-    /// `adapter_config.json` fields); `None` when the method has no peft adapter form.
+    /// The trained method's module as peft adapter parts (tensors under peft's keys in torch
+    /// layout, `adapter_config.json` fields; the head is added by the caller); `None` when the
+    /// method has no peft adapter form.
     fn write_adapter(
         &self,
-        model: &BertClassifier,
+        module: Option<&PeftModule>,
         bert: &BertConfig,
         base: &str,
     ) -> Result<Option<AdapterParts>>;
@@ -229,19 +233,25 @@ pub enum PeftModule {
     PrefixEncoder(PrefixEncoder),
     /// Embeddings prepended to the input (prompt tuning, p-tuning).
     PromptEncoder(PromptEncoder),
+    /// Low-rank updates of BERT's linears (LoRA).
+    LoraModel(LoraModel),
 }
 
 impl PeftModule {
     /// What the module feeds the encoder for a batch.
-    pub fn extras(&self, batch: usize) -> BertExtras {
+    pub fn extras(&self, batch: usize) -> BertExtras<'_> {
         match self {
             Self::PrefixEncoder(p) => BertExtras {
                 prefix: Some(p.forward(batch)),
-                prompt: None,
+                ..BertExtras::default()
             },
             Self::PromptEncoder(p) => BertExtras {
-                prefix: None,
                 prompt: Some(p.forward(batch)),
+                ..BertExtras::default()
+            },
+            Self::LoraModel(lora) => BertExtras {
+                updates: Some(lora),
+                ..BertExtras::default()
             },
         }
     }
@@ -250,6 +260,16 @@ impl PeftModule {
         match self {
             Self::PrefixEncoder(p) => p.num_virtual_tokens(),
             Self::PromptEncoder(p) => p.num_virtual_tokens(),
+            Self::LoraModel(_) => 0,
+        }
+    }
+
+    /// Folds the module into `bert` where it changes weights (LoRA's updates, after which the
+    /// module is gone); other modules stay as they are.
+    pub fn merge_into(self, bert: BertModel) -> (BertModel, Option<Self>) {
+        match self {
+            Self::LoraModel(lora) => (lora.merge_into(bert), None),
+            other => (bert, Some(other)),
         }
     }
 }

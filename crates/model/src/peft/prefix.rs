@@ -16,7 +16,6 @@ use super::{
     PeftModule, Tensors, VIRTUAL_TOKENS_CANNOT_EXPORT, count,
 };
 use crate::bert::{BertModel, LayerPrefix};
-use crate::classifier::BertClassifier;
 use crate::config::BertConfig;
 use crate::error::{ModelError, Result};
 
@@ -102,11 +101,11 @@ impl Method for PrefixTuningConfig {
 
     fn write_adapter(
         &self,
-        model: &BertClassifier,
+        module: Option<&PeftModule>,
         bert: &BertConfig,
         _base: &str,
     ) -> Result<Option<AdapterParts>> {
-        let Some(PeftModule::PrefixEncoder(encoder)) = &model.peft else {
+        let Some(PeftModule::PrefixEncoder(encoder)) = module else {
             return Err(ModelError::Other("the model has no prefix encoder".into()));
         };
         let mut parts = prompt_parts(encoder.prefix_embeddings(), bert)?;

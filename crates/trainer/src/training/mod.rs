@@ -405,9 +405,8 @@ impl Session {
         };
         save_trainable(&best_model, config, &run.adapter(), best.epoch)?;
         // The same parameters in HF peft's format, for `PeftModel.from_pretrained` in Python.
-        bert_model::peft::adapter::write(
+        best_model.write_adapter(
             &run.peft_adapter(),
-            &best_model,
             &config.peft,
             &pretrained.config,
             &config.model.source,

@@ -22,7 +22,6 @@ use super::{
     PeftConfig, PeftModule, Tensors, VIRTUAL_TOKENS_CANNOT_EXPORT, count, probability,
 };
 use crate::bert::BertModel;
-use crate::classifier::BertClassifier;
 use crate::config::BertConfig;
 use crate::error::{ModelError, Result};
 use crate::tokenizer::BertTokenizer;
@@ -96,46 +95,43 @@ impl Method for PromptTuningConfig {
     /// peft chooses them ([`init_token_ids`]).
     fn init_with_tokenizer(
         &self,
-        model: BertClassifier,
+        bert: &BertModel,
+        module: Option<PeftModule>,
         tokenizer: &BertTokenizer,
-    ) -> Result<BertClassifier> {
+    ) -> Result<Option<PeftModule>> {
         let (PromptTuningInit::Text, Some(text)) = (
             self.prompt_tuning_init,
             self.prompt_tuning_init_text.as_deref(),
         ) else {
-            return Ok(model);
+            return Ok(module);
         };
         let ids = init_token_ids(&tokenizer.encode(text)?.input_ids, self.num_virtual_tokens);
-        let Some(PeftModule::PromptEncoder(prompt)) = model.peft else {
+        let Some(PeftModule::PromptEncoder(prompt)) = module else {
             return Err(ModelError::Other("the model has no prompt encoder".into()));
         };
         let device = prompt.embedding.weight.device();
         let ids: Vec<i64> = ids.iter().map(|&i| i as i64).collect();
         let n = ids.len();
         let ids = Tensor::<1, Int>::from_data(TensorData::new(ids, [n]), &device);
-        let words = model
-            .bert
+        let words = bert
             .embeddings
             .word_embeddings
             .weight
             .val()
             .select(0, ids)
             .detach();
-        Ok(BertClassifier {
-            peft: Some(PeftModule::PromptEncoder(
-                prompt.with_init_embeddings(words),
-            )),
-            ..model
-        })
+        Ok(Some(PeftModule::PromptEncoder(
+            prompt.with_init_embeddings(words),
+        )))
     }
 
     fn write_adapter(
         &self,
-        model: &BertClassifier,
+        module: Option<&PeftModule>,
         bert: &BertConfig,
         base: &str,
     ) -> Result<Option<AdapterParts>> {
-        let mut parts = soft_prompt_parts(model, bert)?;
+        let mut parts = soft_prompt_parts(module, bert)?;
         let text = self.prompt_tuning_init == PromptTuningInit::Text;
         let f = &mut parts.fields;
         f.insert(
@@ -175,8 +171,8 @@ impl Method for PromptTuningConfig {
 }
 
 /// The soft prompt as peft saves it, with prompt learning's config fields.
-fn soft_prompt_parts(model: &BertClassifier, bert: &BertConfig) -> Result<AdapterParts> {
-    let Some(PeftModule::PromptEncoder(encoder)) = &model.peft else {
+fn soft_prompt_parts(module: Option<&PeftModule>, bert: &BertConfig) -> Result<AdapterParts> {
+    let Some(PeftModule::PromptEncoder(encoder)) = module else {
         return Err(ModelError::Other("the model has no prompt encoder".into()));
     };
     prompt_parts(encoder.prompt_embeddings(), bert)
@@ -284,11 +280,11 @@ impl Method for PromptEncoderConfig {
 
     fn write_adapter(
         &self,
-        model: &BertClassifier,
+        module: Option<&PeftModule>,
         bert: &BertConfig,
         _base: &str,
     ) -> Result<Option<AdapterParts>> {
-        let mut parts = soft_prompt_parts(model, bert)?;
+        let mut parts = soft_prompt_parts(module, bert)?;
         let f = &mut parts.fields;
         f.insert(
             "encoder_hidden_size".into(),
