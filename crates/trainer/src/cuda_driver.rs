@@ -115,3 +115,31 @@ fn installed_toolkit() -> Option<PathBuf> {
     };
     Some(data.join("bert-peft/cuda"))
 }
+
+/// Whether NCCL, which distributed data parallel all-reduces gradients with, can be loaded
+/// under a name cudarc tries. cudarc loads it lazily in a worker thread and panics there when
+/// it is missing; its names include `libnccl.so` but not the library's soname `libnccl.so.2`,
+/// which is all a runtime-only install (PyPI's nvidia-nccl-cu12, Debian's libnccl2) provides.
+pub fn find_nccl() -> Result<(), String> {
+    // SAFETY (both calls): NUL-terminated names; a handle found is kept open, as cudarc would
+    // load the same library again.
+    let load =
+        |name: &CStr| unsafe { libc::dlopen(name.as_ptr(), libc::RTLD_NOW | libc::RTLD_LOCAL) };
+    if !load(c"libnccl.so").is_null() {
+        return Ok(());
+    }
+    if !load(c"libnccl.so.2").is_null() {
+        return Err(
+            "NCCL is installed as libnccl.so.2 only, and Burn's CUDA runtime loads it as \
+             libnccl.so: link it under that name on the library path (Debian's libnccl-dev \
+             does) or train with strategy \"multi-device\""
+                .into(),
+        );
+    }
+    Err(
+        "no NCCL (libnccl.so) on the library path: install NCCL (e.g. Debian's libnccl-dev, \
+         or PyPI's nvidia-nccl-cu12 with libnccl.so.2 linked as libnccl.so on LD_LIBRARY_PATH) \
+         or train with strategy \"multi-device\""
+            .into(),
+    )
+}

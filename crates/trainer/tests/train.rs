@@ -233,6 +233,29 @@ fn training_on_two_devices_steps_once_per_round_and_resumes() {
     std::fs::write(dir.join("both.toml"), both).unwrap();
     let e = err(&trainer(dir, &["train", "--config", "both.toml"]));
     assert!(e.contains("train.device and train.devices"), "{e}");
+    // DDP needs NCCL, which only CUDA devices have: refused before a run directory exists.
+    let ddp = format!("{recipe}devices = [\"flex\", \"flex\"]\nstrategy = \"ddp\"\n");
+    std::fs::write(dir.join("ddp.toml"), ddp).unwrap();
+    let e = err(&trainer(
+        dir,
+        &["train", "--config", "ddp.toml", "--run-dir", "ddp"],
+    ));
+    assert!(
+        e.contains("train.strategy = \"ddp\"") && e.contains("not a CUDA device"),
+        "{e}"
+    );
+    assert!(!dir.join("ddp").exists());
+    let e = err(&trainer(
+        dir,
+        &[
+            "train",
+            "--config",
+            "two.toml",
+            "--set",
+            "train.strategy=all-reduce",
+        ],
+    ));
+    assert!(e.contains("all-reduce") && e.contains("ddp"), "{e}");
 }
 
 #[test]

@@ -43,6 +43,7 @@ pub fn run(args: TrainArgs, choice: &DeviceChoice) -> Result<()> {
     };
     let train = &session.config.train;
     let devices = choice.for_training(train.device.as_deref(), &train.devices)?;
+    crate::training::strategy::check(train.strategy, &devices)?;
     let precision = choice.set_precision(&devices, train.precision)?;
     // Its checkpoint holds weights and optimizer state of that precision.
     anyhow::ensure!(

@@ -92,6 +92,25 @@ impl DataSection {
     }
 }
 
+/// How several training devices share the work.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Strategy {
+    /// burn-train's multi-device strategy, on any backend: each device computes gradients on
+    /// its own batch, the first sums them and takes the optimizer step.
+    #[default]
+    MultiDevice,
+    /// Distributed data parallel: every device keeps its own optimizer and steps on gradients
+    /// all-reduced with NCCL after each batch; one device is one rank. CUDA only.
+    Ddp,
+}
+
+impl Strategy {
+    fn is_default(&self) -> bool {
+        *self == Self::default()
+    }
+}
+
 /// Which validation metric picks the best checkpoint.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -141,6 +160,10 @@ pub struct TrainSection {
     /// `BURN_DEVICE` still pick one device.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub devices: Vec<String>,
+    /// How `devices` share the work: `multi-device` (the default, any backend) or `ddp`
+    /// (burn-train's distributed data parallel: CUDA devices only).
+    #[serde(skip_serializing_if = "Strategy::is_default")]
+    pub strategy: Strategy,
     /// Float type of weights, activations and optimizer state: `f32` (default) or `bf16`
     /// (`f16` is refused for training: AdamW underflows in it). `--precision` overrides it; the
     /// run keeps the one it trained with, and inference uses it.
@@ -160,6 +183,7 @@ impl Default for TrainSection {
             group_by_length: true,
             device: None,
             devices: Vec::new(),
+            strategy: Strategy::default(),
             precision: crate::device::Precision::F32,
         }
     }

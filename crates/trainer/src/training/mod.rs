@@ -8,6 +8,7 @@
 
 pub mod data;
 pub mod history;
+pub mod strategy;
 
 use std::path::Path;
 use std::sync::{Arc, Mutex};
@@ -26,8 +27,7 @@ use burn::train::checkpoint::{
 use burn::train::metric::store::{Aggregate, EventStoreClient, Split};
 use burn::train::metric::{AccuracyMetric, LearningRateMetric, LossMetric, Metric};
 use burn::train::{
-    EarlyStoppingStrategy, ExecutionStrategy, Learner, LearningResult, MultiDeviceOptim,
-    SupervisedTraining, TrainingStrategy,
+    EarlyStoppingStrategy, Learner, LearningResult, SupervisedTraining, TrainingStrategy,
 };
 use serde_json::json;
 
@@ -170,10 +170,20 @@ impl Session {
         let main = devices.first().context("no device to train on")?;
         let device = &main.device.clone().autodiff();
         let tokenizer = &pretrained.tokenizer;
-        let data = match self.resume_from {
+        let mut data = match self.resume_from {
             Some(_) => data::prepare_resumed(&self.run, &self.config, tokenizer)?,
             None => data::prepare(&self.run, &self.config, tokenizer)?,
         };
+        let strategy = self.config.train.strategy;
+        let usable = strategy::usable_items(strategy, data.train.len(), devices.len());
+        if usable < data.train.len() {
+            eprintln!(
+                "ddp: training on {usable} of {} examples, an equal share for each of {} devices",
+                data.train.len(),
+                devices.len()
+            );
+            data.train.truncate(usable);
+        }
         let model = build_model(pretrained, &self.config, data.labels.len(), device)?;
         let model = trainable_only(model, &self.config);
         model
@@ -254,7 +264,7 @@ impl Session {
     /// the dashboard (or plain lines), per-epoch metrics.json, atomic checkpoints of the last
     /// and the best epoch; stops after `stop_after` if given.
     /// `devices` (without autodiff) are where batches are made: the first one's unless
-    /// there are several, then burn-train's multi-device strategy gives each its share.
+    /// there are several, then the recipe's strategy (see [`strategy`]) gives each its share.
     pub fn fit(
         &self,
         data: Prepared,
@@ -335,9 +345,7 @@ impl Session {
             after: stop_after,
             loss: LossMetric::new().name().to_string(),
         });
-        if devices.len() > 1 {
-            let devices = devices.iter().map(|d| d.device.clone()).collect();
-            let strategy = ExecutionStrategy::multi(devices, MultiDeviceOptim::OptimMainDevice);
+        if let Some(strategy) = strategy::execution(config.train.strategy, devices) {
             training = training.with_training_strategy(TrainingStrategy::Default(strategy));
         }
         match self.resume_from {
