@@ -18,9 +18,18 @@ use hf_hub::{Cache, Repo, RepoType};
 use crate::error::{ModelError, Result};
 use crate::weights::WEIGHT_FILES;
 
-/// Files fetched from the hub: required first, then optional tokenizer files.
+/// Files fetched from the hub: required first, then optional tokenizer files and the
+/// sentence-transformers pipeline (`modules.json`; its Pooling module's config is in
+/// `1_Pooling` in every model sentence-transformers saves).
 const REQUIRED: &[&str] = &["config.json"];
-const OPTIONAL: &[&str] = &["tokenizer.json", "vocab.txt", "tokenizer_config.json"];
+const OPTIONAL: &[&str] = &[
+    "tokenizer.json",
+    "vocab.txt",
+    "tokenizer_config.json",
+    "modules.json",
+    "sentence_bert_config.json",
+    "1_Pooling/config.json",
+];
 
 /// Default seconds the hub may stay silent.
 const DEFAULT_TIMEOUT_SECS: f64 = 10.0;

@@ -29,6 +29,7 @@ pub mod params;
 pub mod peft;
 pub mod pooling;
 pub mod pretrained;
+pub mod sentence_transformers;
 pub mod source;
 pub mod tokenizer;
 pub mod train;
