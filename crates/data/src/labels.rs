@@ -116,27 +116,52 @@ impl LabelMap {
         self.labels.iter().position(|l| normalize_label(l) == label)
     }
 
-    /// The class index of every row of `table`; an unknown label is an error naming its line.
+    /// The class index of every row of `table`; an unknown label is an error naming its line
+    /// and the labels expected.
     pub fn encode(&self, table: &Table) -> Result<Vec<usize>> {
+        self.encode_with_hint(table, "")
+    }
+
+    /// [`LabelMap::encode`], whose error ends with `hint` (when not empty): what the caller's
+    /// user can do about an unknown label, such as the setting that chooses the labels.
+    pub fn encode_with_hint(&self, table: &Table, hint: &str) -> Result<Vec<usize>> {
         table
             .rows
             .iter()
             .map(|row| {
                 let label = row.label.as_deref().unwrap_or_default();
                 self.index(label).ok_or_else(|| {
+                    let hint = if hint.is_empty() {
+                        String::new()
+                    } else {
+                        format!("; {hint}")
+                    };
                     DataError::line(
                         &table.path,
                         row.line,
                         format!(
-                            "unknown label `{label}` (known labels: {})",
-                            self.labels.join(", ")
+                            "unknown label `{label}` (expected one of: {}{hint})",
+                            self.listed()
                         ),
                     )
                 })
             })
             .collect()
     }
+
+    /// The labels, comma-separated; the first [`LISTED_LABELS`] of a longer list.
+    pub fn listed(&self) -> String {
+        let shown = self.labels[..self.labels.len().min(LISTED_LABELS)].join(", ");
+        if self.labels.len() > LISTED_LABELS {
+            format!("{shown}, ... ({} labels)", self.labels.len())
+        } else {
+            shown
+        }
+    }
 }
+
+/// How many labels an error message lists.
+const LISTED_LABELS: usize = 20;
 
 fn too_many_labels() -> DataError {
     DataError::Other(format!(
@@ -187,8 +212,17 @@ mod tests {
         let t = table("title,label\nx,a\ny,c\n");
         assert_eq!(
             m.encode(&t).unwrap_err().to_string(),
-            "d.csv:3: unknown label `c` (known labels: a, b)"
+            "d.csv:3: unknown label `c` (expected one of: a, b)"
         );
+        assert_eq!(
+            m.encode_with_hint(&t, "set x to choose")
+                .unwrap_err()
+                .to_string(),
+            "d.csv:3: unknown label `c` (expected one of: a, b; set x to choose)"
+        );
+        let many = LabelMap::new((0..25).map(|i| format!("l{i}")).collect()).unwrap();
+        let e = many.encode(&t).unwrap_err().to_string();
+        assert!(e.ends_with("l18, l19, ... (25 labels))"), "{e}");
         assert!(LabelMap::new(vec!["a".into(), "A ".into()]).is_err());
         assert!(LabelMap::new(vec!["a".into()]).is_err());
         let dir = tempfile::tempdir().unwrap();

@@ -5,10 +5,7 @@ use bert_data::{CsvColumns, LabelMap, Table};
 use proptest::prelude::*;
 
 fn columns() -> CsvColumns {
-    CsvColumns {
-        text: "title".into(),
-        label: "label".into(),
-    }
+    CsvColumns::default()
 }
 
 /// Bytes that look like a CSV often enough to reach past the header: a header line, then
@@ -64,5 +61,48 @@ proptest! {
         if let Err(e) = LabelMap::read(&path) {
             prop_assert!(e.to_string().contains("labels.txt"), "{}", e);
         }
+    }
+}
+
+/// One field as written in the file and the physical lines it spans: plain, quoted with a
+/// comma or escaped quotes, or quoted across a line end.
+fn field() -> impl Strategy<Value = (String, u64)> {
+    prop_oneof![
+        Just(("plain".to_string(), 0)),
+        Just(("\"a, b\"".to_string(), 0)),
+        Just(("\"say \"\"hi\"\"\"".to_string(), 0)),
+        Just(("\"two\nlines\"".to_string(), 1)),
+        Just(("\"two\r\nlines \"\"q\"\"\"".to_string(), 1)),
+        Just(("\"three\rshort\nlines\"".to_string(), 2)),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(256))]
+
+    /// Every row is reported at the physical line where it starts, with any mix of `\n`,
+    /// `\r\n` and `\r` line ends, blank lines, and quoted fields spanning lines before it.
+    #[test]
+    fn rows_are_reported_at_their_physical_line(
+        rows in proptest::collection::vec((field(), 0..3usize, any::<bool>()), 1..12),
+        header_end in 0..3usize,
+    ) {
+        let ends = ["\n", "\r\n", "\r"];
+        let mut text = format!("title,label{}", ends[header_end]);
+        let mut line = 2;
+        let mut expected = Vec::new();
+        for ((title, spans), end, blank_after) in &rows {
+            expected.push(line);
+            text.push_str(&format!("{title},x{}", ends[*end]));
+            line += spans + 1;
+            if *blank_after {
+                text.push_str(ends[*end]);
+                line += 1;
+            }
+        }
+        let t = Table::parse(std::path::Path::new("d.csv"), text.as_bytes(), &columns(), true)
+            .unwrap();
+        let got: Vec<u64> = t.rows.iter().map(|r| r.line).collect();
+        prop_assert_eq!(got, expected, "{:?}", text);
     }
 }

@@ -4,7 +4,7 @@
 use std::path::Path;
 
 use anyhow::Result;
-use bert_data::{ClassificationBatcher, Example, Table};
+use bert_data::{ClassificationBatcher, CsvColumns, Example, Table};
 use bert_model::classifier::BertClassifier;
 use bert_model::parallel;
 use burn::data::dataloader::batcher::Batcher;
@@ -70,11 +70,11 @@ impl Evaluation {
 pub fn evaluate_csv(
     classifier: &Classifier,
     data: &Path,
+    columns: &CsvColumns,
     batch_size: usize,
     device: &Device,
 ) -> Result<Evaluation> {
-    let columns = classifier.config.data.columns();
-    let table = Table::read(data, &columns, true)?;
+    let table = Table::read(data, columns, true)?;
     let ids = classifier.labels.encode(&table)?;
     let texts: Vec<&str> = table.rows.iter().map(|r| r.text.as_str()).collect();
     let examples: Vec<Example> = classifier

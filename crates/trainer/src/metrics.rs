@@ -2,8 +2,13 @@
 //! reference reports clickbait and non-clickbait accuracy separately), macro F1, and training
 //! throughput in samples per second.
 //!
-//! Each metric keeps epoch-wide counts and reports the epoch's value so far; the value at the
-//! end of the epoch is exact (not a mean of per-batch values).
+//! Each metric keeps epoch-wide counts; the value at the end of the epoch is exact (not a mean
+//! of per-batch values). Like burn-train's own numeric metrics (accuracy, loss), a confusion
+//! metric's numeric value is the last batch's figure and its running value the epoch's so
+//! far; its logged entry reads `epoch X % - batch Y %` and serialises the epoch's figure so far
+//! (a plain number, not a per-batch `value,count` pair): the plain progress lines show epoch
+//! figures so far for every metric from these entries ([`crate::renderer`]), the dashboard
+//! plots each metric's batch figures.
 
 use std::time::Instant;
 
@@ -111,9 +116,10 @@ fn ratio(a: u64, b: u64) -> f64 {
     if b == 0 { 0.0 } else { a as f64 / b as f64 }
 }
 
-fn percent_entry(epoch: f64, batch: f64) -> SerializedEntry {
+fn percent_entry(epoch: f64, batch: Option<f64>) -> SerializedEntry {
+    let batch = batch.map_or_else(|| "N/A".to_string(), |b| format!("{b:.2}"));
     SerializedEntry::new(
-        format!("epoch {epoch:.2} % - batch {batch:.2} %"),
+        format!("epoch {epoch:.2} % - batch {batch} %"),
         NumericEntry::Value(epoch).serialize(),
     )
 }
@@ -261,6 +267,16 @@ impl ConfusionMetric {
                 Readout::MacroF1 => c.macro_f1(),
             }
     }
+
+    /// The last batch's figure; none for a class accuracy when the batch had no item of the
+    /// class (or before any batch).
+    fn batch_value(&self) -> Option<f64> {
+        let has_items = match self.readout {
+            Readout::ClassAccuracy(k) => self.last_batch.support(k) > 0,
+            Readout::MacroF1 => self.last_batch.total() > 0,
+        };
+        has_items.then(|| self.read(&self.last_batch))
+    }
 }
 
 impl Metric for ConfusionMetric {
@@ -288,10 +304,7 @@ impl Metric for ConfusionMetric {
             self.epoch.add(t, p);
             self.last_batch.add(t, p);
         }
-        Ok(percent_entry(
-            self.read(&self.epoch),
-            self.read(&self.last_batch),
-        ))
+        Ok(percent_entry(self.read(&self.epoch), self.batch_value()))
     }
 
     fn compute(&mut self) -> Result<SerializedEntry, TensorReadError> {
@@ -309,11 +322,13 @@ impl Metric for ConfusionMetric {
 }
 
 impl Numeric for ConfusionMetric {
+    /// The last batch's figure, as burn-train's accuracy and loss give theirs.
     fn value(&self) -> Option<NumericEntry> {
-        Some(NumericEntry::Value(self.read(&self.epoch)))
+        self.batch_value().map(NumericEntry::Value)
     }
+    /// The epoch's figure so far.
     fn running_value(&self) -> Option<NumericEntry> {
-        self.value()
+        Some(NumericEntry::Value(self.read(&self.epoch)))
     }
     fn final_value(&self) -> NumericEntry {
         NumericEntry::Final(self.read(&self.epoch))

@@ -1,7 +1,12 @@
 //! What the user sees while training, and the per-epoch record of it.
 //!
 //! On a terminal, burn-train's TUI dashboard; otherwise (CI, output redirected) [`PlainRenderer`]
-//! prints a progress line every tenth of a split and a summary per epoch to stderr. Either way
+//! prints a progress line every tenth of a split and a summary per epoch to stderr. Every
+//! figure on a progress line is the epoch's so far (the line says so): burn-train hands a
+//! renderer the last batch's accuracy and loss but the epoch's macro F1 and class accuracies
+//! so far ([`crate::metrics`]), which side by side read as contradictory, so the plain lines
+//! average the per-batch ones over the epoch themselves; the learning rate is the current one.
+//! The dashboard shows `epoch X - batch Y` for every metric and plots batch figures. Either way
 //! [`Recorder`] sits in front of it and keeps each epoch's final metric values, which become
 //! `metrics.json` in the run directory.
 
@@ -11,7 +16,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use burn::train::logger::{EvaluationProgressLogger, TrainingProgressLogger};
-use burn::train::metric::{MetricDefinition, MetricId};
+use burn::train::metric::{MetricDefinition, MetricId, NumericEntry};
 use burn::train::renderer::tui::TuiMetricsRendererWrapper;
 use burn::train::renderer::{
     EvaluationName, MetricState, MetricsRenderer, MetricsRendererEvaluation,
@@ -228,11 +233,45 @@ impl MetricsRenderer for Recorder {
     }
 }
 
+/// A metric's figure for the epoch so far, from the entries it logged: a per-batch figure
+/// (`value,count`, burn-train's accuracy and loss) is averaged over the items so far, weighted
+/// as burn-train weighs its own epoch figure; a plain value (ours: macro F1, class accuracies,
+/// throughput) already is the epoch's so far; the epoch's final value replaces either.
+#[derive(Debug, Default, Clone, Copy)]
+struct SoFar {
+    sum: f64,
+    items: usize,
+    value: f64,
+}
+
+impl SoFar {
+    fn update(&mut self, key: &MetricKey, entry: NumericEntry) {
+        match entry {
+            // The schedule's current rate, not an average (its epoch-end entry is the mean).
+            NumericEntry::Aggregated {
+                aggregated_value, ..
+            } if *key == MetricKey::LearningRate => self.value = aggregated_value,
+            NumericEntry::Final(_) if *key == MetricKey::LearningRate => {}
+            NumericEntry::Aggregated {
+                aggregated_value,
+                count,
+            } => {
+                if count > 0 && aggregated_value.is_finite() {
+                    self.sum += aggregated_value * count as f64;
+                    self.items += count;
+                    self.value = self.sum / self.items as f64;
+                }
+            }
+            NumericEntry::Value(v) | NumericEntry::Final(v) => self.value = v,
+        }
+    }
+}
+
 /// Plain progress lines on stderr, for when there is no terminal to draw a dashboard on.
 #[derive(Default)]
 pub struct PlainRenderer {
     keys: Keys,
-    latest: BTreeMap<MetricKey, f64>,
+    so_far: BTreeMap<MetricKey, SoFar>,
     split: String,
     epoch: usize,
     total_epochs: usize,
@@ -241,18 +280,59 @@ pub struct PlainRenderer {
 }
 
 impl PlainRenderer {
+    /// A metric's update: the entry it logged (what burn-train's own epoch figures are made
+    /// from), else its numeric value.
     fn record(&mut self, state: MetricState) {
-        if let Some((key, v)) = self.keys.value(&state) {
-            self.latest.insert(key, v);
+        let MetricState::Numeric(entry, value) = state else {
+            return;
+        };
+        let Some(key) = self.keys.by_id.get(&entry.metric_id) else {
+            return;
+        };
+        let logged = NumericEntry::deserialize(&entry.serialized_entry.serialized).ok();
+        if let Some(e) = logged.or(value) {
+            self.so_far.entry(key.clone()).or_default().update(key, e);
         }
     }
 
+    /// The metrics, each as `Name: value`; the learning rate is marked as the current one.
     fn line(&self) -> String {
-        self.latest
+        self.so_far
             .iter()
-            .map(|(k, v)| format!("{}: {}", k.display(), k.format(*v)))
+            .map(|(k, s)| {
+                let now = if *k == MetricKey::LearningRate {
+                    " (now)"
+                } else {
+                    ""
+                };
+                format!("{}{now}: {}", k.display(), k.format(s.value))
+            })
             .collect::<Vec<_>>()
             .join(" | ")
+    }
+
+    /// A progress line within a split: the figures of the epoch so far.
+    fn progress_line(&self, items_processed: usize) -> String {
+        format!(
+            "[epoch {}/{}] {} {}/{} (epoch so far) | {}",
+            self.epoch,
+            self.total_epochs,
+            self.split,
+            items_processed,
+            self.total_items,
+            self.line()
+        )
+    }
+
+    /// The line at the end of a split: the epoch's figures.
+    fn done_line(&self) -> String {
+        format!(
+            "[epoch {}/{}] {} done | {}",
+            self.epoch,
+            self.total_epochs,
+            self.split,
+            self.line()
+        )
     }
 }
 
@@ -286,7 +366,7 @@ impl TrainingProgressLogger for PlainRenderer {
         }
         self.total_items = total_items;
         self.next_report = total_items.div_ceil(10);
-        self.latest.clear();
+        self.so_far.clear();
         eprintln!(
             "[epoch {}/{}] {}: {} items",
             self.epoch, self.total_epochs, self.split, total_items
@@ -296,26 +376,12 @@ impl TrainingProgressLogger for PlainRenderer {
     fn update_split(&mut self, items_processed: usize) {
         if items_processed >= self.next_report && items_processed < self.total_items {
             self.next_report = items_processed + self.total_items.div_ceil(10);
-            eprintln!(
-                "[epoch {}/{}] {} {}/{} | {}",
-                self.epoch,
-                self.total_epochs,
-                self.split,
-                items_processed,
-                self.total_items,
-                self.line()
-            );
+            eprintln!("{}", self.progress_line(items_processed));
         }
     }
 
     fn end_split(&mut self) {
-        eprintln!(
-            "[epoch {}/{}] {} done | {}",
-            self.epoch,
-            self.total_epochs,
-            self.split,
-            self.line()
-        );
+        eprintln!("{}", self.done_line());
     }
 
     fn end(&mut self) {}
@@ -341,5 +407,112 @@ impl MetricsRenderer for PlainRenderer {
 
     fn register_metric(&mut self, definition: MetricDefinition) {
         self.keys.register(&definition);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::metrics::{ConfusionMetric, Predictions};
+    use burn::data::dataloader::Progress;
+    use burn::train::metric::state::{FormatOptions, NumericMetricState};
+    use burn::train::metric::{
+        AccuracyMetric, LearningRateMetric, Metric, MetricEntry, MetricMetadata, Numeric,
+    };
+
+    fn metadata() -> MetricMetadata {
+        MetricMetadata {
+            progress: Progress {
+                items_processed: 1,
+                items_total: 1,
+                unit: None,
+            },
+            iteration: Some(0),
+            lr: None,
+        }
+    }
+
+    fn register<M: Metric>(r: &mut PlainRenderer, metric: &M) -> MetricId {
+        let id = MetricId::new(metric.name());
+        r.register_metric(MetricDefinition::new(id.clone(), metric));
+        id
+    }
+
+    /// Batch accuracies 50 % then 100 % (8 items each), as burn-train's accuracy logs them,
+    /// beside our macro F1 and class accuracy: every figure on a progress line is the epoch's
+    /// so far (accuracy 75 %, not the last batch's 100 %), and the line says so.
+    #[test]
+    fn progress_lines_show_epoch_figures_so_far_throughout() {
+        let labels = ["标题党".to_string(), "非标题党".to_string()];
+        let mut r = PlainRenderer {
+            keys: Keys::new(MetricKey::all(&labels)),
+            ..PlainRenderer::default()
+        };
+        let accuracy_id = register(&mut r, &AccuracyMetric::new());
+        let lr_id = register(&mut r, &LearningRateMetric::new());
+        let mut f1 = ConfusionMetric::macro_f1(2);
+        let f1_id = register(&mut r, &f1);
+        let mut class0 = ConfusionMetric::class_accuracy(0, &labels[0], 2);
+        let class0_id = register(&mut r, &class0);
+        r.start(1, 1, None, None);
+        r.start_split("Train", 32);
+
+        let mut accuracy = NumericMetricState::new();
+        let mut lr = NumericMetricState::new();
+        let format = |name: &str| FormatOptions::new(Arc::new(name.to_string()));
+        // Batch 1: 4 of 8 right (each class 2 of 4); batch 2: all 8 right.
+        let batches = [
+            (vec![0, 0, 0, 0, 1, 1, 1, 1], vec![0, 0, 1, 1, 1, 1, 0, 0]),
+            (vec![0, 0, 0, 0, 1, 1, 1, 1], vec![0, 0, 0, 0, 1, 1, 1, 1]),
+        ];
+        for (step, (targets, predicted)) in batches.into_iter().enumerate() {
+            let right = targets.iter().zip(&predicted).filter(|(t, p)| t == p);
+            accuracy.update(100.0 * right.count() as f64 / 8.0, 8);
+            let entry = accuracy.compute_update(format("Accuracy").unit("%").precision(2));
+            r.update_train(MetricState::Numeric(
+                MetricEntry::new(accuracy_id.clone(), entry),
+                Some(accuracy.current_value()),
+            ));
+            lr.update([1e-3, 5e-4][step], 1);
+            let entry = lr.compute_update(format("Learning Rate"));
+            r.update_train(MetricState::Numeric(
+                MetricEntry::new(lr_id.clone(), entry),
+                Some(lr.current_value()),
+            ));
+            let item = Predictions { predicted, targets };
+            for (metric, id) in [(&mut f1, &f1_id), (&mut class0, &class0_id)] {
+                let entry = metric.update(&item, &metadata()).unwrap();
+                // The dashboard gets the batch's figure.
+                let batch = metric.value().unwrap().current();
+                assert_eq!(batch, [50.0, 100.0][step]);
+                r.update_train(MetricState::Numeric(
+                    MetricEntry::new(id.clone(), entry),
+                    Some(NumericEntry::Value(batch)),
+                ));
+            }
+        }
+        // Epoch so far: 12 of 16 right; class 0: 6 of 8; macro F1 of that confusion 75 %.
+        assert_eq!(
+            r.progress_line(16),
+            "[epoch 1/1] train 16/32 (epoch so far) | Accuracy: 75.00 % | Macro F1: 75.00 % | \
+             Accuracy 标题党: 75.00 % | Learning Rate (now): 5.00e-4"
+        );
+        // The epoch's final figures replace the running ones.
+        let entry = accuracy.compute_final(format("Accuracy").unit("%").precision(2));
+        r.update_train(MetricState::Numeric(
+            MetricEntry::new(accuracy_id, entry),
+            Some(accuracy.final_value()),
+        ));
+        let entry = lr.compute_final(format("Learning Rate"));
+        r.update_train(MetricState::Numeric(
+            MetricEntry::new(lr_id, entry),
+            Some(lr.final_value()),
+        ));
+        let done = r.done_line();
+        assert!(
+            done.starts_with("[epoch 1/1] train done | Accuracy: 75.00 % |"),
+            "{done}"
+        );
+        assert!(done.ends_with("Learning Rate (now): 5.00e-4"), "{done}");
     }
 }

@@ -41,13 +41,18 @@ impl RunDir {
     pub fn read_config(&self) -> Result<TrainConfig> {
         let path = self.config();
         if !path.is_file() {
-            bail!(
-                "{} is not a run directory (no config.toml; `trainer train` prints the run directory on its last line)",
-                self.root.display()
-            );
+            return Err(self.not_a_run());
         }
         let text = bert_model::fsutil::read_small_text(&path)?;
         toml::from_str(&text).with_context(|| format!("{}: invalid run config", path.display()))
+    }
+    /// The one message for a directory that holds no run, whichever command was given it.
+    pub fn not_a_run(&self) -> anyhow::Error {
+        anyhow::anyhow!(
+            "{} is not a run directory (no config.toml; `trainer train` prints the run directory \
+             on its last line)",
+            self.root.display()
+        )
     }
     pub fn labels(&self) -> PathBuf {
         self.root.join("labels.txt")

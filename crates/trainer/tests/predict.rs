@@ -318,3 +318,140 @@ fn batches_split_across_cores_match_one_text_at_a_time() {
     );
     assert_eq!(split["accuracy"], single["accuracy"]);
 }
+
+/// Under a saved threshold predict says so: a text line shows the positive label's probability
+/// against the threshold (a label can come with a score under 0.5), `--json` adds
+/// `threshold`, `positive` and `p_positive`, the CSV a `threshold` column; the same from a
+/// model exported with the threshold in its config.json. Without one, output is as before.
+#[test]
+fn predict_shows_the_threshold_that_decided() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    write_titles(dir, 40);
+    train_run(dir, "run", "method = \"lora\"", 42);
+    let texts = ["震惊！第一个秘密", "国务院发布通知"];
+    let predict = |extra: &[&str]| {
+        let mut args = vec!["predict"];
+        args.extend_from_slice(extra);
+        args.extend(texts);
+        ok(&trainer(dir, &args))
+    };
+
+    // No threshold: `label<TAB>score<TAB>text`, JSON without the threshold fields.
+    let plain = lines(&predict(&["--run", "run", "--json"]));
+    for v in &plain {
+        for key in ["threshold", "positive", "p_positive"] {
+            assert!(v.get(key).is_none(), "{v}");
+        }
+    }
+    for line in predict(&["--run", "run"]).lines() {
+        let fields: Vec<&str> = line.split('\t').collect();
+        assert_eq!(fields.len(), 3, "{line}");
+        fields[1].parse::<f64>().unwrap();
+    }
+
+    // A threshold between the two texts' p(标题党): the first is flagged, the second not.
+    let p: Vec<f32> = plain
+        .iter()
+        .map(|v| v["probabilities"][0].as_f64().unwrap() as f32)
+        .collect();
+    assert_ne!(p[0], p[1]);
+    let (hi, lo) = if p[0] > p[1] { (0, 1) } else { (1, 0) };
+    let t = (p[0] + p[1]) / 2.0;
+    let threshold = serde_json::json!({"label": "标题党", "threshold": t, "target_precision": 0.9,
+        "precision": 0.9, "recall": 0.5, "data": "v.csv"});
+    std::fs::write(dir.join("run/threshold.json"), threshold.to_string()).unwrap();
+
+    let check_json = |got: &[Value]| {
+        for (i, v) in got.iter().enumerate() {
+            assert_eq!(v["positive"], "标题党", "{v}");
+            assert_eq!(v["threshold"].as_f64().unwrap() as f32, t, "{v}");
+            assert_eq!(v["p_positive"], v["probabilities"][0], "{v}");
+            let flagged = i == hi;
+            assert_eq!(
+                v["label"],
+                if flagged { "标题党" } else { "非标题党" },
+                "{v}"
+            );
+            assert_eq!(v["score"], v["probabilities"][usize::from(!flagged)], "{v}");
+        }
+        assert_eq!(got[lo]["label"], "非标题党");
+    };
+    check_json(&lines(&predict(&["--run", "run", "--json"])));
+
+    let human = predict(&["--run", "run"]);
+    let human: Vec<Vec<&str>> = human.lines().map(|l| l.split('\t').collect()).collect();
+    assert_eq!(human.len(), 2);
+    for (i, fields) in human.iter().enumerate() {
+        assert_eq!(fields.len(), 3, "{fields:?}");
+        assert_eq!(fields[2], texts[i]);
+        let (op, label) = if i == hi {
+            (">=", "标题党")
+        } else {
+            ("< ", "非标题党")
+        };
+        assert_eq!(fields[0], label);
+        let expected = format!("p(标题党)={:.4} {op} threshold {:.4}", p[i], t);
+        // Four decimals unless the two would read equal.
+        if format!("{:.4}", p[i]) != format!("{t:.4}") {
+            assert_eq!(fields[1], expected);
+        } else {
+            assert!(
+                fields[1].contains(&format!(" {op} threshold ")),
+                "{fields:?}"
+            );
+        }
+    }
+    assert_eq!(human[0][1].len(), human[1][1].len());
+
+    // CSV: a `threshold` column, as stored.
+    std::fs::write(
+        dir.join("in.csv"),
+        format!("id,title\n1,{}\n2,\n3,{}\n", texts[0], texts[1]),
+    )
+    .unwrap();
+    let out = trainer(
+        dir,
+        &[
+            "predict", "--run", "run", "--input", "in.csv", "--output", "out.csv",
+        ],
+    );
+    ok(&out);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("threshold p(标题党) >= "), "{stderr}");
+    let mut reader = csv::Reader::from_path(dir.join("out.csv")).unwrap();
+    let headers: Vec<String> = reader.headers().unwrap().iter().map(String::from).collect();
+    assert_eq!(
+        headers,
+        [
+            "id",
+            "title",
+            "label",
+            "score",
+            "p_标题党",
+            "p_非标题党",
+            "threshold"
+        ]
+    );
+    let rows: Vec<csv::StringRecord> = reader.records().map(|r| r.unwrap()).collect();
+    assert_eq!(rows.len(), 3);
+    for (i, row) in [&rows[0], &rows[2]].iter().enumerate() {
+        assert_eq!(row[6].parse::<f32>().unwrap(), t);
+        assert_eq!(&row[2], if i == hi { "标题党" } else { "非标题党" });
+    }
+    assert!(rows[1][2].is_empty() && rows[1][6].is_empty());
+
+    // Exported with the threshold in config.json: the same decisions, said the same way.
+    ok(&trainer(
+        dir,
+        &["export", "--run", "run", "--output", "exported"],
+    ));
+    let exported = lines(&predict(&[
+        "--model",
+        "exported",
+        "--max-length",
+        "16",
+        "--json",
+    ]));
+    check_json(&exported);
+}

@@ -890,3 +890,57 @@ fn a_report_draws_any_metrics_file_in_bounded_time() {
         );
     }
 }
+
+/// Every command that takes a run says the same thing when the directory holds none, and
+/// `eval` reads a CSV with other column names through its own flags.
+#[test]
+fn a_missing_run_reads_the_same_everywhere_and_eval_takes_other_columns() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let run = trained_run(dir);
+    let run = run.to_str().unwrap();
+    let missing = "runs/en-lora";
+    let want = format!("{missing} is not a run directory (no config.toml");
+    let adapter = format!("lora={missing}");
+    for args in [
+        vec!["predict", "--run", missing, "text"],
+        vec!["eval", "--run", missing],
+        vec!["export", "--run", missing, "--output", "out"],
+        vec!["report", "--run", missing],
+        vec!["serve", "--run", missing],
+        vec!["serve", "--run", run, "--adapter", adapter.as_str()],
+    ] {
+        let e = err(&trainer(dir, &args));
+        assert!(e.contains(&want), "{args:?}: {e}");
+        assert_eq!(e.trim().lines().count(), 1, "{args:?}: {e}");
+    }
+
+    let valid = std::fs::read_to_string(dir.join(run).join("valid.csv")).unwrap();
+    let renamed = valid.replacen("title,label", "headline,class", 1);
+    std::fs::write(dir.join("renamed.csv"), renamed).unwrap();
+    let e = err(&trainer(
+        dir,
+        &["eval", "--run", run, "--data", "renamed.csv"],
+    ));
+    assert!(
+        e.contains("no column named `title`") && e.contains("--text-column"),
+        "{e}"
+    );
+    let flags = [
+        "eval",
+        "--run",
+        run,
+        "--data",
+        "renamed.csv",
+        "--text-column",
+        "headline",
+        "--label-column",
+        "class",
+        "--json",
+    ];
+    let same: serde_json::Value = serde_json::from_str(&ok(&trainer(dir, &flags))).unwrap();
+    let own: serde_json::Value =
+        serde_json::from_str(&ok(&trainer(dir, &["eval", "--run", run, "--json"]))).unwrap();
+    assert_eq!(same["accuracy"], own["accuracy"]);
+    assert_eq!(same["confusion"], own["confusion"]);
+}

@@ -888,3 +888,38 @@ fn nonsense_numbers_are_refused_before_listening() {
         );
     }
 }
+
+/// Under a run's decision threshold each result says so: `threshold`, `positive` and
+/// `p_positive`, the probability the threshold was compared with; an adapter without one
+/// answers as before.
+#[test]
+fn serve_results_show_the_threshold_in_force() {
+    let tmp = one_run();
+    let dir = tmp.path();
+    std::fs::write(
+        dir.join("a/threshold.json"),
+        json!({"label": "标题党", "threshold": 0.0001, "target_precision": 0.9,
+               "precision": 0.9, "recall": 0.5, "data": "v.csv"})
+        .to_string(),
+    )
+    .unwrap();
+    let server = serve(dir, &["--adapter", "plain=a/adapter", "--max-batch", "4"]);
+    let texts = json!(["震惊！第一个秘密", "国务院发布通知"]);
+    let (status, a) = classify(&server.addr, json!({"texts": texts}));
+    assert_eq!(status, 200, "{a}");
+    for r in a["results"].as_array().unwrap() {
+        // Threshold 0.0001: every text is flagged, whatever its score.
+        assert_eq!(r["label"], "标题党", "{r}");
+        assert_eq!(r["positive"], "标题党", "{r}");
+        assert_eq!(r["threshold"].as_f64().unwrap() as f32, 0.0001, "{r}");
+        assert_eq!(r["p_positive"], r["probabilities"][0], "{r}");
+        assert_eq!(r["score"], r["probabilities"][0], "{r}");
+    }
+    let (status, plain) = classify(&server.addr, json!({"texts": texts, "adapter": "plain"}));
+    assert_eq!(status, 200, "{plain}");
+    for r in plain["results"].as_array().unwrap() {
+        for key in ["threshold", "positive", "p_positive"] {
+            assert!(r.get(key).is_none(), "{r}");
+        }
+    }
+}

@@ -929,3 +929,203 @@ fn one_run_directory_takes_one_process() {
     dirs.sort();
     assert_eq!(dirs, ["runs/tiny", "runs/tiny-2"]);
 }
+
+/// A misspelt `--set` key is one error line that blames the override, not the recipe file,
+/// and suggests the key meant; an error in the file itself names the file.
+#[test]
+fn a_misspelt_set_key_is_one_error_line_naming_the_override() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    write_data(dir);
+    let out = trainer(
+        dir,
+        &["train", "--config", "tiny.toml", "--set", "train.epoch=1"],
+    );
+    only_error_line(
+        &out,
+        &[
+            "error: --set train.epoch=1: `train`: unknown field `epoch`, expected one of `epochs`",
+            "did you mean `train.epochs`?",
+        ],
+    );
+    assert!(!String::from_utf8_lossy(&out.stderr).contains("tiny.toml"));
+    only_error_line(
+        &trainer(
+            dir,
+            &[
+                "train",
+                "--config",
+                "tiny.toml",
+                "--set",
+                "train.strategy=fast",
+            ],
+        ),
+        &["error: --set train.strategy=fast: `train.strategy`: unknown variant `fast`"],
+    );
+    std::fs::write(dir.join("bad.toml"), "[train]\nepoch = 1\n").unwrap();
+    only_error_line(
+        &trainer(
+            dir,
+            &["train", "--config", "bad.toml", "--set", "train.lr=0.01"],
+        ),
+        &[
+            "bad.toml: `train`: unknown field `epoch`",
+            "did you mean `train.epochs`?",
+        ],
+    );
+    assert!(!dir.join("runs").exists(), "nothing is created");
+}
+
+/// Writes `name` with the given line end: a header, then rows holding escaped quotes, a
+/// quoted newline and a quoted comma, then `bad` on physical line 7, then more good rows.
+fn write_tricky_csv(dir: &Path, name: &str, end: &str, bad: &str) {
+    let lines = [
+        "title,label",
+        "\"他说\"\"好\"\"\",标题党",
+        "\"两行",
+        "标题\",非标题党",
+        "国务院发布第1号通知,非标题党",
+        "\"a, \"\"b\"\"\",标题党",
+        bad,
+        "国务院发布第2号通知,非标题党",
+        "震惊！你绝对想不到,标题党",
+    ];
+    std::fs::write(dir.join(name), lines.join(end) + end).unwrap();
+}
+
+/// Bad data is reported before the model loads (here a model that cannot load at all), at
+/// the physical line of the bad row whatever the line ends and quoting before it, and an
+/// unknown label says which labels are expected and that `data.labels` sets them.
+#[test]
+fn bad_data_is_named_at_its_physical_line_before_the_model_loads() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    write_data(dir);
+    let train = |data: &str, extra: &[&str]| {
+        let set_data = format!("data.train={data}");
+        let mut args = vec![
+            "train",
+            "--config",
+            "tiny.toml",
+            "--run-dir",
+            "r",
+            "--set",
+            "model.source=/nonexistent",
+            "--set",
+            &set_data,
+        ];
+        for e in extra {
+            args.extend(["--set", e]);
+        }
+        let out = trainer(dir, &args);
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(
+            !stderr.contains("/nonexistent"),
+            "the model was loaded: {stderr}"
+        );
+        assert!(
+            !dir.join("r").exists(),
+            "a failed setup leaves no directory"
+        );
+        out
+    };
+    for (i, end) in ["\r\n", "\n", "\r"].into_iter().enumerate() {
+        let name = format!("labels-{i}.csv");
+        write_tricky_csv(dir, &name, end, "坏消息,1");
+        one_line_error(
+            &train(&name, &[]),
+            &[&format!(
+                "{name}:7: unknown label `1` (expected one of: 标题党, 非标题党; the labels \
+                 of data.labels = \"labels.txt\"; to train on others, set data.labels to a \
+                 file that lists them, one per line (in the recipe or with --set \
+                 data.labels=FILE))"
+            )],
+        );
+        let name = format!("rows-{i}.csv");
+        write_tricky_csv(dir, &name, end, "坏消息,标题党,多余");
+        one_line_error(
+            &train(&name, &[]),
+            &[&format!(
+                "{name}:7: malformed CSV: 3 fields where the header has 2"
+            )],
+        );
+    }
+    // Without data.labels, the labels are the training data's: a validation file with
+    // another label says so.
+    let recipe = std::fs::read_to_string(dir.join("tiny.toml")).unwrap();
+    std::fs::write(
+        dir.join("tiny.toml"),
+        recipe.replace("labels = \"labels.txt\"\n", ""),
+    )
+    .unwrap();
+    write_tricky_csv(dir, "valid.csv", "\r\n", "坏消息,其他");
+    one_line_error(
+        &train("zh.csv", &["data.valid=valid.csv"]),
+        &[
+            "valid.csv:7: unknown label `其他` (expected one of: 标题党, 非标题党; the labels \
+             found in zh.csv, as data.labels is not set; to allow others, set data.labels to a \
+             file that lists every label, one per line)",
+        ],
+    );
+}
+
+/// A debug build of `train` says so, once, at the start, with the release command; a release
+/// build says nothing about it.
+#[test]
+fn a_debug_build_says_at_the_start_that_release_trains_faster() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    write_data(dir);
+    std::fs::write(dir.join("labels.txt"), "a\nb\n").unwrap();
+    let out = trainer(dir, &["train", "--config", "tiny.toml", "--run-dir", "r"]);
+    one_line_error(&out, &["unknown label"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let notes: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.contains("debug build"))
+        .collect();
+    if cfg!(debug_assertions) {
+        assert_eq!(notes.len(), 1, "{stderr}");
+        assert_eq!(stderr.lines().next(), Some(notes[0]), "{stderr}");
+        assert!(
+            notes[0].contains("`cargo run --release -p trainer`") && notes[0].contains("3x faster"),
+            "{stderr}"
+        );
+    } else {
+        assert!(notes.is_empty(), "{stderr}");
+    }
+}
+
+/// A run that lands in `runs/<name>-2` (the README's `runs/<name>` is taken) ends by naming
+/// that directory in the commands that use it; stdout's last line is the directory itself.
+#[test]
+fn train_ends_with_the_actual_run_directory_to_use() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    write_data(dir);
+    std::fs::create_dir_all(dir.join("runs/tiny")).unwrap();
+    let out = trainer(
+        dir,
+        &["train", "--config", "tiny.toml", "--set", "train.epochs=1"],
+    );
+    let stdout = ok(&out);
+    assert_eq!(stdout.lines().last(), Some("runs/tiny-2"), "{stdout}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let tail: Vec<&str> = stderr.lines().rev().take(4).collect();
+    assert_eq!(
+        tail,
+        [
+            "  trainer serve --run runs/tiny-2",
+            "  trainer eval --run runs/tiny-2",
+            "  trainer predict --run runs/tiny-2 \"a headline\"",
+            "the run is in runs/tiny-2; use it with:",
+        ],
+        "{stderr}"
+    );
+    // The command it names works.
+    let predicted = ok(&trainer(
+        dir,
+        &["predict", "--run", "runs/tiny-2", "a headline"],
+    ));
+    assert!(!predicted.trim().is_empty());
+}

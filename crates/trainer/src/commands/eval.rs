@@ -19,9 +19,16 @@ use crate::threshold::{
 pub struct EvalArgs {
     #[command(flatten)]
     pub model: ModelArgs,
-    /// Labelled CSV with the run's columns (default: the run's own validation split).
+    /// Labelled CSV (default: the run's own validation split).
     #[arg(long)]
     pub data: Option<PathBuf>,
+    /// Column of --data holding the text (default: the run's `data.text_column`, else `title`).
+    #[arg(long, value_name = "NAME")]
+    pub text_column: Option<String>,
+    /// Column of --data holding the label (default: the run's `data.label_column`, else
+    /// `label`).
+    #[arg(long, value_name = "NAME")]
+    pub label_column: Option<String>,
     /// Print one JSON object instead of a report.
     #[arg(long)]
     pub json: bool,
@@ -48,7 +55,18 @@ pub fn run(args: EvalArgs, choice: &DeviceChoice) -> Result<()> {
         (None, Some(dir)) => dir.valid_csv(),
         (None, None) => anyhow::bail!("--data CSV is needed with --model"),
     };
-    let eval = evaluate_csv(&run, &data, args.batch_size, device)?;
+    let mut columns = run
+        .config
+        .data
+        .columns()
+        .chosen_by("--text-column", "--label-column");
+    if let Some(text) = args.text_column {
+        columns.text = text;
+    }
+    if let Some(label) = args.label_column {
+        columns.label = label;
+    }
+    let eval = evaluate_csv(&run, &data, &columns, args.batch_size, device)?;
     let names = run.labels.names();
     let positive = match &args.positive {
         Some(l) => Some(run.labels.index(l).ok_or_else(|| {

@@ -3,8 +3,15 @@
 //! CSV scoring streams: rows are read, scored and written in chunks, so memory stays flat on
 //! any number of rows; within a chunk texts are batched by length. Every input row comes out,
 //! in input order, with every input column, plus `label`, `score` and one `p_<label>` column
-//! per label; a row with an empty text is kept with those left empty and counted. The output
-//! is written to a temp file and renamed into place when complete.
+//! per label, and `threshold` when a decision threshold is in force (it decided `label`:
+//! the positive label when its `p_<label>` reaches it); a row with an empty text is kept with
+//! those left empty and counted. The output is written to a temp file and renamed into place
+//! when complete.
+//!
+//! Under a decision threshold (`threshold.json`, or an exported model's `decision_threshold`)
+//! the other outputs say so too: a text line shows the positive label's probability against
+//! the threshold in place of the score, and a JSON line adds `threshold`, `positive` and
+//! `p_positive`.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -14,7 +21,7 @@ use burn::prelude::*;
 use clap::Args;
 use serde_json::json;
 
-use crate::classifier::Classifier;
+use crate::classifier::{Classifier, Decision};
 use crate::commands::classifier::ModelArgs;
 use crate::device::DeviceChoice;
 use crate::progress::Progress;
@@ -28,7 +35,8 @@ pub struct PredictArgs {
     pub model: ModelArgs,
     /// Texts to classify; without any (and without --input), one text per line from stdin.
     pub texts: Vec<String>,
-    /// One JSON object per line: {"text", "label", "score", "probabilities"}.
+    /// One JSON object per line: {"text", "label", "score", "probabilities"}, plus
+    /// "threshold", "positive" and "p_positive" when a decision threshold is in force.
     #[arg(long)]
     pub json: bool,
     /// Score this CSV (with a header) into --output.
@@ -61,6 +69,13 @@ pub fn run(args: PredictArgs, choice: &DeviceChoice) -> Result<()> {
                 report.empty,
                 output.display()
             );
+            if let Some((positive, t)) = &run.threshold {
+                eprintln!(
+                    "labels decided by the threshold p({}) >= {} (column `threshold`), not by the most probable label",
+                    run.labels.name(*positive),
+                    t.threshold
+                );
+            }
             Ok(())
         }
         _ if !args.texts.is_empty() => {
@@ -108,25 +123,37 @@ fn print_texts(
         };
         let line = match (&p, json) {
             (Some(p), true) => {
-                let i = run.decide(p);
-                let score = p[i];
-                json!({"text": text, "label": run.labels.name(i), "score": score, "probabilities": p})
-                    .to_string()
+                let d = run.decision(p);
+                let mut v = json!({"text": text, "label": run.labels.name(d.label), "score": d.score, "probabilities": p});
+                if let Some(v) = v.as_object_mut() {
+                    v.extend(d.threshold_fields(run.labels.names()));
+                }
+                v.to_string()
             }
             (None, true) => {
                 json!({"text": text, "label": null, "score": null, "probabilities": null})
                     .to_string()
             }
-            (Some(p), false) => {
-                let i = run.decide(p);
-                let score = p[i];
-                format!("{}\t{score:.4}\t{text}", run.labels.name(i))
-            }
+            (Some(p), false) => human_line(run, &run.decision(p), text),
             (None, false) => format!("\t\t{text}"),
         };
         writeln!(out, "{line}")?;
     }
     Ok(())
+}
+
+/// `label<TAB>score<TAB>text`; under a decision threshold the middle field says what decided
+/// instead: `clickbait<TAB>p(clickbait)=0.3165 >= threshold 0.2870<TAB>text` (the same width on
+/// every line, so the texts line up as far as the labels do).
+fn human_line(run: &Classifier, d: &Decision, text: &str) -> String {
+    let label = run.labels.name(d.label);
+    match &d.by_threshold {
+        Some(b) => format!(
+            "{label}\t{}\t{text}",
+            b.describe(run.labels.name(b.positive))
+        ),
+        None => format!("{label}\t{:.4}\t{text}", d.score),
+    }
 }
 
 pub struct CsvReport {
@@ -186,7 +213,7 @@ pub fn score_csv(
             headers.join(", ")
         );
     };
-    let added = added_columns(&headers, run.labels.names());
+    let added = added_columns(&headers, run.labels.names(), run.threshold.is_some());
 
     let out_file = bert_model::fsutil::AtomicFile::create(output)?;
     let mut writer = csv::Writer::from_writer(std::io::BufWriter::new(out_file.file()));
@@ -239,11 +266,14 @@ pub fn score_csv(
                 out.extend(std::iter::repeat_n(String::new(), added.len()));
             } else {
                 let p = probs.next().expect("one result per scored text");
-                let i = run.decide(&p);
-                let score = p[i];
-                out.push(run.labels.name(i).to_string());
-                out.push(format!("{score:.6}"));
+                let d = run.decision(&p);
+                out.push(run.labels.name(d.label).to_string());
+                out.push(format!("{:.6}", d.score));
                 out.extend(p.iter().map(|v| format!("{v:.6}")));
+                if let Some(b) = &d.by_threshold {
+                    // As stored (shortest form of the f32 compared), not rounded.
+                    out.push(b.threshold.to_string());
+                }
                 report.scored += 1;
             }
             writer.write_record(&out)?;
@@ -260,12 +290,14 @@ pub fn score_csv(
     Ok(report)
 }
 
-/// `label`, `score`, `p_<label>`...; a name the input already has gets a `predicted_` prefix
-/// (again, until it is new) rather than a duplicate column.
-fn added_columns(headers: &[String], labels: &[String]) -> Vec<String> {
+/// `label`, `score`, `p_<label>`..., and `threshold` when one is in force; a name the input
+/// already has gets a `predicted_` prefix (again, until it is new) rather than a duplicate
+/// column.
+fn added_columns(headers: &[String], labels: &[String], threshold: bool) -> Vec<String> {
     let names = ["label".to_string(), "score".to_string()]
         .into_iter()
-        .chain(labels.iter().map(|l| format!("p_{l}")));
+        .chain(labels.iter().map(|l| format!("p_{l}")))
+        .chain(threshold.then(|| "threshold".to_string()));
     let mut taken: Vec<String> = headers.to_vec();
     let mut added = Vec::new();
     for mut name in names {
@@ -287,11 +319,21 @@ mod tests {
         let s = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();
         let labels = s(&["clickbait", "not_clickbait"]);
         assert_eq!(
-            added_columns(&s(&["title"]), &labels),
+            added_columns(&s(&["title"]), &labels, false),
             s(&["label", "score", "p_clickbait", "p_not_clickbait"])
         );
         assert_eq!(
-            added_columns(&s(&["title", "label", "p_clickbait"]), &labels),
+            added_columns(&s(&["title", "threshold"]), &labels, true),
+            s(&[
+                "label",
+                "score",
+                "p_clickbait",
+                "p_not_clickbait",
+                "predicted_threshold"
+            ])
+        );
+        assert_eq!(
+            added_columns(&s(&["title", "label", "p_clickbait"]), &labels, false),
             s(&[
                 "predicted_label",
                 "score",
@@ -300,7 +342,7 @@ mod tests {
             ])
         );
         assert_eq!(
-            added_columns(&s(&["title", "label", "predicted_label"]), &labels),
+            added_columns(&s(&["title", "label", "predicted_label"]), &labels, false),
             s(&[
                 "predicted_predicted_label",
                 "score",

@@ -27,7 +27,13 @@ pub fn run(args: ReportArgs, choice: &DeviceChoice) -> Result<()> {
         .dir
         .clone()
         .unwrap_or_else(|| crate::run::RunDir::new(&args.run));
-    let eval = evaluate_csv(&classifier, &dir.valid_csv(), args.batch_size, device)?;
+    let eval = evaluate_csv(
+        &classifier,
+        &dir.valid_csv(),
+        &classifier.config.data.columns(),
+        args.batch_size,
+        device,
+    )?;
     let path = crate::report::write(&dir, &eval)?;
     println!("{}", path.display());
     Ok(())

@@ -2,7 +2,8 @@
 //! line with `--set section.key=value`.
 //!
 //! Unknown keys are errors (a typo such as `lerning_rate` would otherwise silently train with
-//! the default), and every error names the file and the key.
+//! the default), and every error is one line naming the key and its culprit: the recipe file,
+//! or the `--set` override that made the recipe invalid.
 
 use std::path::{Path, PathBuf};
 
@@ -85,10 +86,7 @@ impl Default for DataSection {
 impl DataSection {
     /// The CSV columns this recipe reads.
     pub fn columns(&self) -> bert_data::CsvColumns {
-        bert_data::CsvColumns {
-            text: self.text_column.clone(),
-            label: self.label_column.clone(),
-        }
+        bert_data::CsvColumns::new(&self.text_column, &self.label_column)
     }
 }
 
@@ -192,18 +190,45 @@ impl Default for TrainSection {
 impl TrainConfig {
     /// Reads a TOML recipe and applies `key=value` overrides (dotted keys, TOML values; a value
     /// that is not valid TOML is taken as a string).
+    ///
+    /// An invalid result is blamed on its culprit: the override after which the recipe fails
+    /// with this error (`--set train.epoch=1: ...`), else the file.
     pub fn load(path: &Path, overrides: &[String]) -> Result<Self> {
-        let mut value = read_table(path, 0)?;
+        let file = read_table(path, 0)?;
+        let config_dir = path.parent().unwrap_or(Path::new("."));
+        let mut states = vec![file];
         for o in overrides {
-            apply_override(&mut value, o).with_context(|| format!("--set {o}"))?;
+            let mut next = states.last().expect("the file's table").clone();
+            apply_override(&mut next, o).with_context(|| format!("--set {o}"))?;
+            states.push(next);
         }
-        let mut config: Self = toml::Value::Table(value)
+        let last = states.pop().expect("the file's table");
+        let error = match Self::from_table(last, config_dir) {
+            Ok(config) => return Ok(config),
+            Err(e) => e,
+        };
+        // The earliest of the states that all end in this same error: the file's own table, or
+        // the one right after an override.
+        let mut culprit = overrides.len();
+        while culprit > 0
+            && Self::from_table(states[culprit - 1].clone(), config_dir).err()
+                == Some(error.clone())
+        {
+            culprit -= 1;
+        }
+        match culprit {
+            0 => bail!("{}: {error}", path.display()),
+            n => bail!("--set {}: {error}", overrides[n - 1]),
+        }
+    }
+
+    /// The recipe a merged table holds, resolved and validated; the error is one line.
+    fn from_table(table: toml::Table, config_dir: &Path) -> std::result::Result<Self, String> {
+        let mut config: Self = toml::Value::Table(table)
             .try_into()
-            .with_context(|| format!("{}: invalid config", path.display()))?;
-        config.resolve_paths(path.parent().unwrap_or(Path::new(".")));
-        config
-            .validate()
-            .with_context(|| format!("{}", path.display()))?;
+            .map_err(|e| describe_toml_error(&e, None))?;
+        config.resolve_paths(config_dir);
+        config.validate().map_err(|e| one_line(&format!("{e:#}")))?;
         Ok(config)
     }
 
@@ -320,8 +345,13 @@ fn read_table(path: &Path, depth: usize) -> Result<toml::Table> {
         bail!("{}: `base` chain too deep (a cycle?)", path.display());
     }
     let text = bert_model::fsutil::read_small_text(path).context("cannot read the config")?;
-    let mut table: toml::Table =
-        toml::from_str(&text).with_context(|| format!("{}: invalid TOML", path.display()))?;
+    let mut table: toml::Table = toml::from_str(&text).map_err(|e| {
+        anyhow::anyhow!(
+            "{}: {}",
+            path.display(),
+            describe_toml_error(&e, Some(&text))
+        )
+    })?;
     let Some(base) = table.remove("base") else {
         return Ok(table);
     };
@@ -333,6 +363,86 @@ fn read_table(path: &Path, depth: usize) -> Result<toml::Table> {
         read_table(&base_path, depth + 1).with_context(|| format!("{}: base", path.display()))?;
     merge(&mut merged, table);
     Ok(merged)
+}
+
+/// A TOML error on one line: where (`line L, column C` in `text`, or the dotted key), what, and
+/// for an unknown key, the one meant when it is a near miss (`did you mean `train.epochs`?`).
+/// The toml crate's own rendering spans several lines (a source excerpt, or `in `key`` after
+/// the message).
+fn describe_toml_error(e: &toml::de::Error, text: Option<&str>) -> String {
+    let message = one_line(e.message());
+    let rendered = e.to_string();
+    // The dotted key the error is at, when the toml crate knows it and has no span.
+    let key = rendered
+        .lines()
+        .filter_map(|l| l.strip_prefix("in `")?.strip_suffix('`'))
+        .next_back()
+        .map(str::to_string);
+    let mut out = match (text, e.span()) {
+        (Some(text), Some(span)) => {
+            let before = text.get(..span.start).unwrap_or(text);
+            let line = before.matches('\n').count() + 1;
+            let column = before.rsplit('\n').next().unwrap_or("").chars().count() + 1;
+            format!("invalid TOML at line {line}, column {column}: {message}")
+        }
+        _ => match &key {
+            Some(key) => format!("`{key}`: {message}"),
+            None => message,
+        },
+    };
+    if let Some(meant) = did_you_mean(e.message()) {
+        let full = match &key {
+            Some(key) => format!("{key}.{meant}"),
+            None => meant,
+        };
+        out.push_str(&format!("; did you mean `{full}`?"));
+    }
+    out
+}
+
+/// For serde's "unknown field `x`, expected one of `a`, `b`" (or "expected `a`"), the expected
+/// name closest to `x` when it is a near miss: a plural, a typo or two, a prefix.
+fn did_you_mean(message: &str) -> Option<String> {
+    let rest = message.strip_prefix("unknown field `")?;
+    let (unknown, rest) = rest.split_once('`')?;
+    let expected: Vec<&str> = rest.split('`').skip(1).step_by(2).collect();
+    expected
+        .into_iter()
+        .map(|name| (edit_distance(unknown, name), name))
+        .filter(|&(d, name)| {
+            (d <= 2.max(unknown.len() / 4) && d < name.len().max(unknown.len()))
+                || (unknown.len() >= 3 && name.starts_with(unknown))
+        })
+        .min_by_key(|&(d, _)| d)
+        .map(|(_, name)| name.to_string())
+}
+
+/// Levenshtein distance between two short names.
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut diagonal = row[0];
+        row[0] = i + 1;
+        for (j, &cb) in b.iter().enumerate() {
+            let next = (diagonal + usize::from(ca != cb))
+                .min(row[j] + 1)
+                .min(row[j + 1] + 1);
+            diagonal = row[j + 1];
+            row[j + 1] = next;
+        }
+    }
+    row[b.len()]
+}
+
+/// Text on one line: line breaks (and the blanks around them) become `; `.
+fn one_line(text: &str) -> String {
+    let parts: Vec<&str> = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect();
+    parts.join("; ")
 }
 
 fn merge(into: &mut toml::Table, from: toml::Table) {

@@ -247,3 +247,71 @@ fn the_training_device_is_checked_when_the_recipe_loads() {
         assert!(e.contains("train.device") && e.contains(bad), "{bad}: {e}");
     }
 }
+
+/// A config error is one line that blames its culprit: the `--set` override that made the
+/// recipe invalid, or the file when the file itself is.
+#[test]
+fn config_errors_are_one_line_naming_the_override_or_the_file() {
+    let one_line = |r: Result<TrainConfig>| {
+        let e = format!("{:#}", r.unwrap_err());
+        assert!(!e.contains('\n'), "several lines: {e}");
+        e
+    };
+    let e = one_line(load("[train]\nepochs = 2\n", &["train.epoch=1"]));
+    assert!(
+        e.starts_with("--set train.epoch=1: `train`: unknown field `epoch`"),
+        "{e}"
+    );
+    assert!(e.contains("`epochs`, `batch_size`"), "{e}");
+    assert!(e.ends_with("did you mean `train.epochs`?"), "{e}");
+    assert!(!e.contains("c.toml"), "{e}");
+    // The culprit among several overrides, wherever it is.
+    let e = one_line(load(
+        "",
+        &["train.lr=1e-3", "train.strategy=foo", "train.seed=3"],
+    ));
+    assert!(
+        e.starts_with("--set train.strategy=foo: `train.strategy`: unknown variant `foo`"),
+        "{e}"
+    );
+    let e = one_line(load("", &["peft.method=lora2"]));
+    assert!(
+        e.starts_with("--set peft.method=lora2: `peft.method`: unknown variant `lora2`"),
+        "{e}"
+    );
+    let e = one_line(load("", &["train.epochs=0"]));
+    assert!(
+        e.starts_with("--set train.epochs=0: train.epochs must be"),
+        "{e}"
+    );
+    let e = one_line(load("", &["nme=x"]));
+    assert!(e.ends_with("did you mean `name`?"), "{e}");
+
+    // The file's own errors name the file, whatever the overrides.
+    let e = one_line(load("[train]\nepoch = 1\n", &["train.lr=1e-3"]));
+    assert!(e.contains("c.toml: `train`: unknown field `epoch`"), "{e}");
+    assert!(e.ends_with("did you mean `train.epochs`?"), "{e}");
+    let e = one_line(load("[train]\nstrategy = \"foo\"\n", &[]));
+    assert!(
+        e.contains("c.toml: `train.strategy`: unknown variant `foo`"),
+        "{e}"
+    );
+    let e = one_line(load("[train]\nepochs = 0\n", &["train.lr=1e-3"]));
+    assert!(e.contains("c.toml: train.epochs must be"), "{e}");
+    let e = one_line(load("[train]\nepochs = \n", &[]));
+    assert!(
+        e.contains("c.toml: invalid TOML at line 2, column 10: string values must be quoted"),
+        "{e}"
+    );
+    // An override may repair the file.
+    assert_eq!(
+        load("[train]\nepochs = 0\n", &["train.epochs=2"])
+            .unwrap()
+            .train
+            .epochs,
+        2
+    );
+    // No suggestion for a key that is nothing like the known ones.
+    let e = one_line(load("", &["train.zzzzzzzz=1"]));
+    assert!(!e.contains("did you mean"), "{e}");
+}

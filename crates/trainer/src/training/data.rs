@@ -1,5 +1,7 @@
-//! A run's data: read, labelled, split and tokenised for a new run (and the split and labels
-//! written into its directory), or read back from the directory for a resumed one.
+//! A run's data: read, labelled and split for a new run ([`check`], before the model loads, so
+//! bad data is reported without waiting for it), or read back from the directory for a resumed
+//! one ([`check_resumed`]); then tokenised, and a new run's split and labels written into its
+//! directory ([`Checked::tokenize`]).
 
 use std::path::{Path, PathBuf};
 
@@ -100,25 +102,42 @@ impl Drop for CreatedDir {
     }
 }
 
-/// Reads, labels, splits and tokenises the data of a new run, and writes the split and the
-/// label file into the run directory.
-pub fn prepare(run: &RunDir, config: &TrainConfig, tokenizer: &BertTokenizer) -> Result<Prepared> {
+/// A run's data read and checked, before any model is loaded: every label known, the split
+/// made, the counts known. [`Checked::tokenize`] turns it into [`Prepared`] once the tokenizer
+/// is there.
+pub struct Checked {
+    pub labels: LabelMap,
+    /// (text, class) of the training and the validation split.
+    pub train: Vec<(String, usize)>,
+    pub valid: Vec<(String, usize)>,
+    /// Data counts for summary.json (empty for a resumed run, whose summary exists).
+    pub summary: serde_json::Value,
+    /// The columns a new run writes its split with (`None`: resumed, its split is written).
+    write_columns: Option<[String; 2]>,
+}
+
+/// Reads, labels and splits the data of a new run: an unknown label, a malformed row or an
+/// empty split is an error here, before the model loads.
+pub fn check(config: &TrainConfig) -> Result<Checked> {
     let columns = config.data.columns();
     let table = Table::read(&config.data.train, &columns, true)?;
     let labels = match &config.data.labels {
         Some(p) => LabelMap::read(p)?,
         None => LabelMap::from_table(&table)?,
     };
-    let ids = labels.encode(&table)?;
+    let hint = label_hint(config);
+    let ids = labels.encode_with_hint(&table, &hint)?;
     let mut dropped = json!({ table.path.display().to_string(): table.dropped_empty.len() });
     report_dropped(&table);
 
-    let (train_rows, valid_table): (Vec<usize>, Table) = match &config.data.valid {
+    let (train_rows, valid): (Vec<usize>, Vec<(String, usize)>) = match &config.data.valid {
         Some(valid_path) => {
             let valid = Table::read(valid_path, &columns, true)?;
             report_dropped(&valid);
             dropped[valid.path.display().to_string()] = json!(valid.dropped_empty.len());
-            ((0..table.rows.len()).collect(), valid)
+            let valid_ids = labels.encode_with_hint(&valid, &hint)?;
+            let valid = valid.rows.into_iter().map(|r| r.text).zip(valid_ids);
+            ((0..table.rows.len()).collect(), valid.collect())
         }
         None => {
             let split = SplitConfig {
@@ -127,16 +146,14 @@ pub fn prepare(run: &RunDir, config: &TrainConfig, tokenizer: &BertTokenizer) ->
                 max_rows: config.data.max_rows,
             }
             .split(table.rows.len());
-            let valid = Table {
-                path: table.path.clone(),
-                rows: split.valid.iter().map(|&i| table.rows[i].clone()).collect(),
-                dropped_empty: vec![],
-            };
+            let valid = split
+                .valid
+                .iter()
+                .map(|&i| (table.rows[i].text.clone(), ids[i]))
+                .collect();
             (split.train, valid)
         }
     };
-    let valid_table = &valid_table;
-    let valid_ids = labels.encode(valid_table)?;
     if let Some(max) = config.data.max_rows
         && max < table.rows.len()
     {
@@ -147,25 +164,11 @@ pub fn prepare(run: &RunDir, config: &TrainConfig, tokenizer: &BertTokenizer) ->
             table.path.display()
         );
     }
-
-    let texts = |rows: &mut dyn Iterator<Item = &str>| -> Result<Vec<bert_model::Encoded>> {
-        let t: Vec<&str> = rows.collect();
-        Ok(tokenizer.encode_batch(&t)?)
-    };
-    let train_enc = texts(&mut train_rows.iter().map(|&i| table.rows[i].text.as_str()))?;
-    let valid_enc = texts(&mut valid_table.rows.iter().map(|r| r.text.as_str()))?;
-    let train: Vec<Example> = train_enc
-        .into_iter()
-        .zip(&train_rows)
-        .map(|(encoded, &i)| Example {
-            encoded,
-            label: ids[i],
-        })
-        .collect();
-    let valid: Vec<Example> = valid_enc
-        .into_iter()
-        .zip(&valid_ids)
-        .map(|(encoded, &label)| Example { encoded, label })
+    let rows_read = table.rows.len() + table.dropped_empty.len();
+    let mut rows: Vec<Option<String>> = table.rows.into_iter().map(|r| Some(r.text)).collect();
+    let train: Vec<(String, usize)> = train_rows
+        .iter()
+        .map(|&i| (rows[i].take().unwrap_or_default(), ids[i]))
         .collect();
 
     if train.is_empty() || valid.is_empty() {
@@ -180,24 +183,9 @@ pub fn prepare(run: &RunDir, config: &TrainConfig, tokenizer: &BertTokenizer) ->
             valid.len()
         );
     }
-    labels.write(&run.labels())?;
-    let header = [columns.text.as_str(), columns.label.as_str()];
-    let train_records: Vec<Vec<&str>> = train_rows
-        .iter()
-        .map(|&i| vec![table.rows[i].text.as_str(), labels.name(ids[i])])
-        .collect();
-    write_csv(&run.train_csv(), &header, &train_records)?;
-    let valid_records: Vec<Vec<&str>> = valid_table
-        .rows
-        .iter()
-        .zip(&valid_ids)
-        .map(|(r, &l)| vec![r.text.as_str(), labels.name(l)])
-        .collect();
-    write_csv(&run.valid_csv(), &header, &valid_records)?;
-
-    let count = |ex: &[Example]| -> Vec<usize> {
+    let count = |split: &[(String, usize)]| -> Vec<usize> {
         (0..labels.len())
-            .map(|c| ex.iter().filter(|e| e.label == c).count())
+            .map(|c| split.iter().filter(|(_, l)| *l == c).count())
             .collect()
     };
     eprintln!(
@@ -210,7 +198,7 @@ pub fn prepare(run: &RunDir, config: &TrainConfig, tokenizer: &BertTokenizer) ->
         "labels": labels.names(),
         "data": {
             "source": config.data.train.display().to_string(),
-            "rows_read": table.rows.len() + table.dropped_empty.len(),
+            "rows_read": rows_read,
             "dropped_empty_title": dropped,
             "train": train.len(),
             "valid": valid.len(),
@@ -218,41 +206,89 @@ pub fn prepare(run: &RunDir, config: &TrainConfig, tokenizer: &BertTokenizer) ->
             "valid_per_class": count(&valid),
         },
     });
-    Ok(Prepared {
+    Ok(Checked {
         labels,
         train,
         valid,
         summary,
+        write_columns: Some([columns.text, columns.label]),
     })
 }
 
+/// What an unknown label can be fixed with: the recipe's `data.labels`, a label file.
+fn label_hint(config: &TrainConfig) -> String {
+    match &config.data.labels {
+        Some(p) => format!(
+            "the labels of data.labels = {:?}; to train on others, set data.labels to a file \
+             that lists them, one per line (in the recipe or with --set data.labels=FILE)",
+            p.display().to_string()
+        ),
+        None => format!(
+            "the labels found in {}, as data.labels is not set; to allow others, set \
+             data.labels to a file that lists every label, one per line",
+            config.data.train.display()
+        ),
+    }
+}
+
 /// A resumed run trains on the split saved in its directory, not on a re-read of the source.
-pub fn prepare_resumed(
-    run: &RunDir,
-    config: &TrainConfig,
-    tokenizer: &BertTokenizer,
-) -> Result<Prepared> {
+pub fn check_resumed(run: &RunDir, config: &TrainConfig) -> Result<Checked> {
     let columns = config.data.columns();
     let labels = LabelMap::read(&run.labels())?;
-    let load = |path: &Path| -> Result<Vec<Example>> {
+    let load = |path: &Path| -> Result<Vec<(String, usize)>> {
         let table = Table::read(path, &columns, true)?;
         let ids = labels.encode(&table)?;
-        let texts: Vec<&str> = table.rows.iter().map(|r| r.text.as_str()).collect();
-        Ok(tokenizer
-            .encode_batch(&texts)?
-            .into_iter()
-            .zip(ids)
-            .map(|(encoded, label)| Example { encoded, label })
-            .collect())
+        Ok(table.rows.into_iter().map(|r| r.text).zip(ids).collect())
     };
     let train = load(&run.train_csv())?;
     let valid = load(&run.valid_csv())?;
-    Ok(Prepared {
+    Ok(Checked {
         labels,
         train,
         valid,
         summary: json!({}),
+        write_columns: None,
     })
+}
+
+impl Checked {
+    /// Tokenises the data; a new run's label file and split are written into `run`.
+    pub fn tokenize(self, run: &RunDir, tokenizer: &BertTokenizer) -> Result<Prepared> {
+        let Self {
+            labels,
+            train,
+            valid,
+            summary,
+            write_columns,
+        } = self;
+        let examples = |split: &[(String, usize)]| -> Result<Vec<Example>> {
+            let texts: Vec<&str> = split.iter().map(|(t, _)| t.as_str()).collect();
+            Ok(tokenizer
+                .encode_batch(&texts)?
+                .into_iter()
+                .zip(split)
+                .map(|(encoded, &(_, label))| Example { encoded, label })
+                .collect())
+        };
+        let (train_examples, valid_examples) = (examples(&train)?, examples(&valid)?);
+        if let Some([text, label]) = &write_columns {
+            labels.write(&run.labels())?;
+            let header = [text.as_str(), label.as_str()];
+            for (path, split) in [(run.train_csv(), &train), (run.valid_csv(), &valid)] {
+                let records: Vec<Vec<&str>> = split
+                    .iter()
+                    .map(|(t, l)| vec![t.as_str(), labels.name(*l)])
+                    .collect();
+                write_csv(&path, &header, &records)?;
+            }
+        }
+        Ok(Prepared {
+            train: train_examples,
+            valid: valid_examples,
+            labels,
+            summary,
+        })
+    }
 }
 
 fn report_dropped(table: &Table) {

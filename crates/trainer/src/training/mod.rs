@@ -3,7 +3,7 @@
 //! (the best epoch as trainable parameters and a peft adapter, [`history`]).
 //!
 //! ```text
-//! Session::new / ::resume -> load_model -> prepare -> build_model -> fit -> finish
+//! Session::new / ::resume -> check_data -> load_model -> prepare -> build_model -> fit -> finish
 //! ```
 
 pub mod data;
@@ -41,7 +41,7 @@ use crate::progress::thousands;
 use crate::renderer::{EpochRecord, History, renderer};
 use crate::run::{RunDir, RunLock, write_json};
 use crate::schedule::LinearWarmup;
-use data::{CreatedDir, Prepared};
+use data::{Checked, CreatedDir, Prepared};
 
 /// Recipe keys that may differ on `--resume`: where the run trains, not what it computes.
 const RESUME_FREE_KEYS: [&str; 2] = ["name", "train.device"];
@@ -58,6 +58,8 @@ pub struct Session {
     history: Vec<EpochRecord>,
     /// Optimizer steps of the whole run, known once the data is prepared.
     total_steps: usize,
+    /// The data read and checked by [`Session::check_data`], until [`Session::prepare`].
+    checked: Option<Checked>,
     /// A new run's directory until its setup is complete: removed if the run fails before.
     /// (Declared before the lock, so it is removed while the lock is still held.)
     created: Option<CreatedDir>,
@@ -94,6 +96,7 @@ impl Session {
             summary: json!({}),
             history: Vec::new(),
             total_steps: 0,
+            checked: None,
             created: Some(created),
             _lock: lock,
         })
@@ -138,9 +141,25 @@ impl Session {
             summary,
             history,
             total_steps: 0,
+            checked: None,
             created: None,
             _lock: lock,
         })
+    }
+
+    /// Reads and checks the run's data (labels, columns, the split), which needs no model: a
+    /// data error is reported before a model is loaded (or downloaded). [`Session::prepare`]
+    /// uses what it read.
+    pub fn check_data(&mut self) -> Result<()> {
+        self.checked = Some(self.read_data()?);
+        Ok(())
+    }
+
+    fn read_data(&self) -> Result<Checked> {
+        match self.resume_from {
+            Some(_) => data::check_resumed(&self.run, &self.config),
+            None => data::check(&self.config),
+        }
     }
 
     /// The pretrained model and tokenizer, on the main training device; a local model is
@@ -169,11 +188,11 @@ impl Session {
     ) -> Result<(Prepared, BertClassifier)> {
         let main = devices.first().context("no device to train on")?;
         let device = &main.device.clone().autodiff();
-        let tokenizer = &pretrained.tokenizer;
-        let mut data = match self.resume_from {
-            Some(_) => data::prepare_resumed(&self.run, &self.config, tokenizer)?,
-            None => data::prepare(&self.run, &self.config, tokenizer)?,
+        let checked = match self.checked.take() {
+            Some(checked) => checked,
+            None => self.read_data()?,
         };
+        let mut data = checked.tokenize(&self.run, &pretrained.tokenizer)?;
         let strategy = self.config.train.strategy;
         let usable = strategy::usable_items(strategy, data.train.len(), devices.len());
         if usable < data.train.len() {
@@ -460,7 +479,13 @@ impl Session {
         let mut classifier = Classifier::load_with(&run.root, pretrained, device)?;
         classifier.temperature = 1.0;
         let batch = self.config.train.batch_size;
-        let eval = evaluate_csv(&classifier, &run.valid_csv(), batch, device)?;
+        let eval = evaluate_csv(
+            &classifier,
+            &run.valid_csv(),
+            &self.config.data.columns(),
+            batch,
+            device,
+        )?;
         let calibration = Calibration::fit(&eval.logits, &eval.targets)?;
         write_json(&run.calibration(), &serde_json::to_value(&calibration)?)?;
         eprintln!(

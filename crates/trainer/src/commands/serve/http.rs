@@ -565,11 +565,17 @@ async fn classify(
         }
     };
     let labels = &shared.labels[adapter];
+    // Under a decision threshold each result also says it, with the positive label's
+    // probability: `threshold`, `positive`, `p_positive` (its label can score below 0.5).
     let results: Vec<Value> = probs
         .iter()
         .map(|p| {
-            let i = crate::classifier::decide(shared.thresholds[adapter].as_ref(), p);
-            json!({"label": labels[i], "score": p[i], "probabilities": p})
+            let d = crate::classifier::decision(shared.thresholds[adapter].as_ref(), p);
+            let mut r = json!({"label": labels[d.label], "score": d.score, "probabilities": p});
+            if let Some(r) = r.as_object_mut() {
+                r.extend(d.threshold_fields(labels));
+            }
+            r
         })
         .collect();
     with_log(

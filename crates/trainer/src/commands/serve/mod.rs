@@ -163,8 +163,11 @@ pub fn run(args: ServeArgs, choice: &DeviceChoice) -> Result<()> {
             bail!("--adapter {spec}: the name `{name}` is taken");
         }
         let dir = PathBuf::from(dir);
-        let run = if dir.join("config.toml").is_file() {
-            let other = RunDir::new(&dir).read_config()?;
+        let is_adapter = dir.join(bert_model::peft::adapter::CONFIG_FILE).is_file();
+        let run = if dir.join("config.toml").is_file() || !is_adapter {
+            let other = RunDir::new(&dir)
+                .read_config()
+                .with_context(|| format!("--adapter {spec}"))?;
             if other.model.source != config.model.source {
                 bail!(
                     "--adapter {spec}: trained on {}, but the served base model is {}",
