@@ -11,6 +11,7 @@ mod commands;
 mod config;
 #[cfg(feature = "cuda")]
 mod cuda_driver;
+mod decision;
 mod device;
 mod evaluation;
 mod lines;

@@ -21,8 +21,9 @@ use burn::prelude::*;
 use clap::Args;
 use serde_json::json;
 
-use crate::classifier::{Classifier, Decision};
+use crate::classifier::Classifier;
 use crate::commands::classifier::ModelArgs;
+use crate::decision::Decision;
 use crate::device::DeviceChoice;
 use crate::progress::Progress;
 

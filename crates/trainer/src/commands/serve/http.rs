@@ -570,7 +570,7 @@ async fn classify(
     let results: Vec<Value> = probs
         .iter()
         .map(|p| {
-            let d = crate::classifier::decision(shared.thresholds[adapter].as_ref(), p);
+            let d = crate::decision::decision(shared.thresholds[adapter].as_ref(), p);
             let mut r = json!({"label": labels[d.label], "score": d.score, "probabilities": p});
             if let Some(r) = r.as_object_mut() {
                 r.extend(d.threshold_fields(labels));
