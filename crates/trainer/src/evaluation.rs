@@ -31,6 +31,32 @@ pub struct Evaluation {
     pub loss: f64,
     pub rows: usize,
     pub dropped_empty: usize,
+    /// What the report's error sections need of every item, in input order (empty when the
+    /// evaluation did not come from a CSV): its text, cut to [`KEPT_TEXT_BYTES`]...
+    pub texts: Vec<String>,
+    /// ... and its length in tokens (special tokens included, at most `max_length`).
+    pub lengths: Vec<u32>,
+    /// The tokenizer's truncation length, if any.
+    pub max_length: Option<usize>,
+}
+
+/// Bytes of each text an evaluation keeps (to show its mistakes): enough to read any title or
+/// the start of a longer text, without holding a whole data set of long texts.
+pub const KEPT_TEXT_BYTES: usize = 1000;
+
+/// The first [`KEPT_TEXT_BYTES`] of `text` (cut at a character boundary, `…` marking a cut),
+/// its spare capacity freed.
+fn kept_text(mut text: String) -> String {
+    if text.len() > KEPT_TEXT_BYTES {
+        let mut end = KEPT_TEXT_BYTES;
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        text.truncate(end);
+        text.push('…');
+    }
+    text.shrink_to_fit();
+    text
 }
 
 impl Evaluation {
@@ -53,6 +79,9 @@ impl Evaluation {
             targets,
             loss,
             dropped_empty: 0,
+            texts: Vec::new(),
+            lengths: Vec::new(),
+            max_length: None,
         }
     }
 
@@ -61,6 +90,9 @@ impl Evaluation {
     pub fn with_temperature(self, temperature: f64) -> Self {
         Self {
             dropped_empty: self.dropped_empty,
+            texts: self.texts,
+            lengths: self.lengths,
+            max_length: self.max_length,
             ..Self::new(self.logits, self.targets, temperature, self.loss)
         }
     }
@@ -100,6 +132,13 @@ pub fn evaluate_csv(
         device,
     )?;
     eval.dropped_empty = table.dropped_empty.len();
+    eval.lengths = examples
+        .iter()
+        .map(|e| u32::try_from(e.encoded.len()).unwrap_or(u32::MAX))
+        .collect();
+    drop(examples);
+    eval.texts = table.rows.into_iter().map(|r| kept_text(r.text)).collect();
+    eval.max_length = classifier.tokenizer.max_length();
     Ok(eval)
 }
 
@@ -138,4 +177,18 @@ pub fn evaluate(
     let targets: Vec<usize> = examples.iter().map(|e| e.label).collect();
     let loss = loss_sum / examples.len() as f64;
     Ok(Evaluation::new(logits, targets, temperature, loss))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kept_texts_are_cut_at_a_character_boundary() {
+        assert_eq!(kept_text("short".into()), "short");
+        let long = "标".repeat(KEPT_TEXT_BYTES);
+        let kept = kept_text(long);
+        assert!(kept.len() <= KEPT_TEXT_BYTES + '…'.len_utf8());
+        assert!(kept.ends_with("标…"));
+    }
 }

@@ -455,3 +455,123 @@ fn predict_shows_the_threshold_that_decided() {
     ]));
     check_json(&exported);
 }
+
+/// `eval --errors N`: the most confident false positives and false negatives of the positive
+/// label, in the JSON under "errors" and after the printed report; `report --by-column`
+/// breaks accuracy down by a column of `--data`, and names the columns when it has no such one.
+#[test]
+fn eval_lists_the_most_confident_mistakes_and_report_groups_by_a_column() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let run = trained_run(dir);
+    // Every title twice, once with each label: each title is a mistake exactly once, a false
+    // positive when the model flags it, else a false negative.
+    let mut csv = String::from("title,label,source\n");
+    for i in 0..40 {
+        let title = if i % 2 == 0 {
+            format!("震惊！你绝对想不到的第{i}个秘密")
+        } else {
+            format!("国务院发布第{i}号通知")
+        };
+        for label in ["标题党", "非标题党"] {
+            csv.push_str(&format!("{title},{label},feed{}\n", i % 3));
+        }
+    }
+    std::fs::write(dir.join("both.csv"), csv).unwrap();
+    let args = ["eval", "--run", run, "--data", "both.csv", "--json"];
+    let plain = ok_json(&trainer(dir, &args));
+    assert!(plain.get("errors").is_none(), "errors only when asked for");
+    let mut with = args.to_vec();
+    with.extend(["--errors", "3"]);
+    let report = ok_json(&trainer(dir, &with));
+    let errors = &report["errors"];
+    assert_eq!(errors["positive"], "标题党");
+    assert_eq!(errors["decided_by"], "most probable label");
+    let confusion = &report["confusion"];
+    let count = |t: usize, p: usize| confusion[t][p].as_u64().unwrap() as usize;
+    let (fp, fn_) = (
+        errors["false_positives"].as_array().unwrap(),
+        errors["false_negatives"].as_array().unwrap(),
+    );
+    assert_eq!(fp.len(), count(1, 0).min(3), "{errors}");
+    assert_eq!(fn_.len(), count(0, 1).min(3), "{errors}");
+    assert!(fp.len() + fn_.len() >= 3, "{errors}");
+    let p = |v: &Value| v["p_positive"].as_f64().unwrap();
+    for (items, truth, predicted) in [(fp, "非标题党", "标题党"), (fn_, "标题党", "非标题党")]
+    {
+        for m in items {
+            assert_eq!(
+                (m["label"].as_str(), m["predicted"].as_str()),
+                (Some(truth), Some(predicted))
+            );
+            let text = m["text"].as_str().unwrap();
+            assert!(text.contains("秘密") || text.contains("通知"), "{m}");
+        }
+    }
+    // Most confident first: the flagged by p(positive) descending, the missed ascending.
+    assert!(fp.windows(2).all(|w| p(&w[0]) >= p(&w[1])), "{errors}");
+    assert!(fn_.windows(2).all(|w| p(&w[0]) <= p(&w[1])), "{errors}");
+    assert!(fp.iter().all(|m| p(m) >= 0.5) && fn_.iter().all(|m| p(m) < 0.5));
+
+    // The printed report ends with them.
+    let text = ok(&trainer(
+        dir,
+        &["eval", "--run", run, "--data", "both.csv", "--errors", "2"],
+    ));
+    assert!(
+        text.contains(
+            "most confident mistakes, decided as predict decides: by the most probable label"
+        ),
+        "{text}"
+    );
+    assert!(
+        text.contains("false positives (decided `标题党`, truly not)"),
+        "{text}"
+    );
+    assert!(
+        text.contains("false negatives (truly `标题党`, decided otherwise)"),
+        "{text}"
+    );
+
+    // report --by-column: a column of --data, or a one-line error naming those there are.
+    only_error_line(
+        &trainer(
+            dir,
+            &[
+                "report",
+                "--run",
+                run,
+                "--data",
+                "both.csv",
+                "--by-column",
+                "feed",
+            ],
+        ),
+        &[
+            "--by-column feed",
+            "no such column",
+            "columns: title, label, source",
+        ],
+    );
+    ok(&trainer(
+        dir,
+        &[
+            "report",
+            "--run",
+            run,
+            "--data",
+            "both.csv",
+            "--by-column",
+            "source",
+        ],
+    ));
+    let html = std::fs::read_to_string(dir.join(run).join("report.html")).unwrap();
+    assert!(html.contains("<h2>Accuracy by text length and column</h2>"));
+    assert!(
+        html.contains("<td class=\"l\">feed0</td><td>28</td>"),
+        "{html}"
+    );
+    assert!(html.contains("<h2>Most confident mistakes</h2>"));
+    assert!(html.contains("40 of 80 rows are wrong"), "{html}");
+    assert!(html.contains("<h2>Adapter</h2>"));
+}

@@ -126,7 +126,7 @@ fn train_writes_a_run_that_eval_reproduces_and_resume_continues_exactly() {
         4,
         "loss, accuracy/F1, PR, reliability"
     );
-    assert!(page.contains("precision-recall of `标题党`"));
+    assert!(page.contains("precision-recall of \u{201c}标题党\u{201d}"));
     std::fs::remove_file(&report).unwrap();
     let printed = ok(&trainer(dir, &["report", "--run", "runs/a"]));
     assert!(printed.trim().ends_with("report.html"), "{printed}");

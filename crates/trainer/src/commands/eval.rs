@@ -11,6 +11,7 @@ use crate::calibration::ECE_BINS;
 use crate::commands::classifier::ModelArgs;
 use crate::device::DeviceChoice;
 use crate::evaluation::{Evaluation, evaluate_csv};
+use crate::report::analysis::{self, Mistake, Mistakes};
 use crate::threshold::{
     CurvePoint, Threshold, at_recalls, default_positive, for_precision, pr_curve,
 };
@@ -43,6 +44,11 @@ pub struct EvalArgs {
     /// Store that threshold in the run (threshold.json), for `predict` and `serve`.
     #[arg(long, requires = "run")]
     pub save_threshold: bool,
+    /// After the report, the N most confident mistakes of each kind (false positives and
+    /// false negatives of the positive label; with more labels, mistakes of any kind), decided
+    /// as `predict` decides; with --json under "errors".
+    #[arg(long, value_name = "N")]
+    pub errors: Option<usize>,
 }
 
 pub fn run(args: EvalArgs, choice: &DeviceChoice) -> Result<()> {
@@ -91,12 +97,36 @@ pub fn run(args: EvalArgs, choice: &DeviceChoice) -> Result<()> {
             "threshold": chosen,
         });
     }
+    // Mistakes are decided as `predict` decides: by the run's threshold, else the argmax.
+    let errors = args.errors.map(|n| {
+        let decided = analysis::decisions(&eval, run.threshold.as_ref());
+        let error_positive = match (&args.positive, &run.threshold) {
+            (None, Some((p, _))) => Some(*p),
+            _ => positive,
+        };
+        analysis::mistakes(&eval, &decided, error_positive, n)
+    });
+    if let Some(errors) = &errors {
+        let mut value = errors.to_json(&eval, names);
+        value["decided_by"] = match &run.threshold {
+            Some((p, t)) => {
+                // As threshold.json writes it, not widened from f32.
+                let threshold = t.threshold.to_string().parse::<f64>().ok();
+                json!({"threshold": threshold, "positive": names[*p]})
+            }
+            None => json!("most probable label"),
+        };
+        report["errors"] = value;
+    }
     if args.json {
         println!("{}", serde_json::to_string(&report)?);
     } else {
         print_report(&eval, names, &data);
         if let (Some(p), Some(curve)) = (positive, &curve) {
             print_curve(&names[p], curve, args.target_precision, chosen.as_ref());
+        }
+        if let Some(errors) = &errors {
+            print_errors(errors, &eval, names, run.threshold.as_ref());
         }
     }
     if args.save_threshold {
@@ -119,6 +149,77 @@ pub fn run(args: EvalArgs, choice: &DeviceChoice) -> Result<()> {
         eprintln!("saved {}", dir.threshold().display());
     }
     Ok(())
+}
+
+/// Characters of a text a printed mistake shows.
+const SHOWN_CHARS: usize = 100;
+
+/// A text on one line: control characters as spaces, cut at [`SHOWN_CHARS`] (`…` marking a
+/// cut).
+fn one_line(text: &str) -> String {
+    let mut out: String = text
+        .chars()
+        .take(SHOWN_CHARS)
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect();
+    if text.chars().nth(SHOWN_CHARS).is_some() {
+        out.push('…');
+    }
+    out
+}
+
+fn print_errors(
+    errors: &Mistakes,
+    eval: &Evaluation,
+    labels: &[String],
+    threshold: Option<&(usize, crate::threshold::Threshold)>,
+) {
+    println!();
+    match threshold {
+        Some((p, t)) => println!(
+            "most confident mistakes, decided as predict decides: by the saved threshold p({}) >= {}",
+            labels[*p], t.threshold
+        ),
+        None => println!(
+            "most confident mistakes, decided as predict decides: by the most probable label"
+        ),
+    }
+    let text = |m: &Mistake| one_line(eval.texts.get(m.index).map_or("", String::as_str));
+    let print = |items: &[Mistake], score: &dyn Fn(&Mistake) -> String| {
+        if items.is_empty() {
+            println!("  none");
+        }
+        for m in items {
+            println!(
+                "  {}  true {:<w$}  {}",
+                score(m),
+                labels[m.truth],
+                text(m),
+                w = labels.iter().map(|l| l.chars().count()).max().unwrap_or(0)
+            );
+        }
+    };
+    match errors {
+        Mistakes::Binary {
+            positive,
+            false_positives,
+            false_negatives,
+        } => {
+            let name = &labels[*positive];
+            let score = |m: &Mistake| format!("p({name})={:.4}", m.p_positive.unwrap_or(0.0));
+            println!("false positives (decided `{name}`, truly not), highest p({name}) first:");
+            print(false_positives, &score);
+            println!(
+                "false negatives (truly `{name}`, decided otherwise), lowest p({name}) first:"
+            );
+            print(false_negatives, &score);
+        }
+        Mistakes::Overall(items) => {
+            println!("highest probability of the predicted label first:");
+            let score = |m: &Mistake| format!("{}={:.4}", labels[m.predicted], m.p_predicted);
+            print(items, &score);
+        }
+    }
 }
 
 /// Recall levels the printed table shows (the JSON has every 5%).

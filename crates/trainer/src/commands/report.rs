@@ -8,6 +8,7 @@ use clap::Args;
 use crate::classifier::Classifier;
 use crate::device::DeviceChoice;
 use crate::evaluation::evaluate_csv;
+use crate::report::{Options, analysis};
 
 #[derive(Args, Debug)]
 pub struct ReportArgs {
@@ -16,9 +17,18 @@ pub struct ReportArgs {
     pub run: PathBuf,
     #[arg(long, default_value_t = 128)]
     pub batch_size: usize,
+    /// Labelled CSV to evaluate (default: the run's own validation split), with the run's
+    /// text and label columns; its other columns can be named by --by-column.
+    #[arg(long)]
+    pub data: Option<PathBuf>,
+    /// Also show accuracy and row count by the values of this column of the data (the 20 most
+    /// frequent values, the rest as "other").
+    #[arg(long, value_name = "NAME")]
+    pub by_column: Option<String>,
 }
 
-/// Evaluates the run's validation split at its temperature and writes the page; prints its path.
+/// Evaluates the run's validation split (or --data) at its temperature and writes the page;
+/// prints its path.
 pub fn run(args: ReportArgs, choice: &DeviceChoice) -> Result<()> {
     crate::commands::check_batch_size(args.batch_size)?;
     let device = choice.device();
@@ -27,14 +37,32 @@ pub fn run(args: ReportArgs, choice: &DeviceChoice) -> Result<()> {
         .dir
         .clone()
         .unwrap_or_else(|| crate::run::RunDir::new(&args.run));
-    let eval = evaluate_csv(
-        &classifier,
-        &dir.valid_csv(),
-        &classifier.config.data.columns(),
-        args.batch_size,
-        device,
-    )?;
-    let path = crate::report::write(&dir, &eval)?;
+    let data = args.data.clone().unwrap_or_else(|| dir.valid_csv());
+    let columns = classifier.config.data.columns();
+    // A wrong column name fails before the model runs.
+    let by_column = args
+        .by_column
+        .as_deref()
+        .map(|name| analysis::read_column(&data, &columns.text, name))
+        .transpose()?;
+    let other_columns = analysis::other_columns(&data, &[&columns.text, &columns.label])?;
+    let eval = evaluate_csv(&classifier, &data, &columns, args.batch_size, device)?;
+    if let Some(column) = &by_column {
+        anyhow::ensure!(
+            column.of_row.len() == eval.rows,
+            "{}: column `{}` has {} rows with a text, the evaluation {}",
+            data.display(),
+            column.name,
+            column.of_row.len(),
+            eval.rows
+        );
+    }
+    let options = Options {
+        data: args.data,
+        other_columns,
+        by_column,
+    };
+    let path = crate::report::write_with(&dir, &eval, &options)?;
     println!("{}", path.display());
     Ok(())
 }
