@@ -44,11 +44,16 @@ pub struct Evaluation {
 /// the start of a longer text, without holding a whole data set of long texts.
 pub const KEPT_TEXT_BYTES: usize = 1000;
 
-/// The first [`KEPT_TEXT_BYTES`] of `text` (cut at a character boundary, `…` marking a cut),
-/// its spare capacity freed.
-fn kept_text(mut text: String) -> String {
-    if text.len() > KEPT_TEXT_BYTES {
-        let mut end = KEPT_TEXT_BYTES;
+/// The first [`KEPT_TEXT_BYTES`] of `text` (see [`clipped`]).
+fn kept_text(text: String) -> String {
+    clipped(text, KEPT_TEXT_BYTES)
+}
+
+/// The first `max_bytes` of `text`, cut at a character boundary with `…` marking a cut, its
+/// spare capacity freed.
+pub fn clipped(mut text: String, max_bytes: usize) -> String {
+    if text.len() > max_bytes {
+        let mut end = max_bytes;
         while !text.is_char_boundary(end) {
             end -= 1;
         }

@@ -11,7 +11,7 @@ use anyhow::{Result, bail};
 use serde_json::{Value, json};
 
 use crate::decision::decide;
-use crate::evaluation::Evaluation;
+use crate::evaluation::{Evaluation, clipped};
 use crate::threshold::Threshold;
 
 /// How many mistakes of each kind the report shows.
@@ -286,15 +286,7 @@ pub fn read_column(path: &Path, text: &str, name: &str) -> Result<Column> {
         if field(text_col).trim().is_empty() {
             continue;
         }
-        let mut value = field(col).trim().to_string();
-        if value.len() > KEPT_VALUE_BYTES {
-            let mut end = KEPT_VALUE_BYTES;
-            while !value.is_char_boundary(end) {
-                end -= 1;
-            }
-            value.truncate(end);
-            value.push('…');
-        }
+        let value = clipped(field(col).trim().to_string(), KEPT_VALUE_BYTES);
         let next = u32::try_from(column.values.len()).unwrap_or(u32::MAX);
         let id = *index.entry(value).or_insert_with_key(|v| {
             column.values.push(v.clone());
