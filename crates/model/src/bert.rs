@@ -16,7 +16,7 @@ use burn::tensor::activation;
 
 use crate::config::BertConfig;
 use crate::dropout::{Dropout, DropoutConfig};
-use crate::kernels;
+use crate::kernels::{self, MatrixUnits};
 use crate::linear::Linear;
 use crate::norm::LayerNorm;
 
@@ -47,6 +47,14 @@ pub struct BertExtras<'a> {
     pub prompt: Option<Tensor<3>>,
     /// Additions to the outputs of linears (LoRA's low-rank updates).
     pub updates: Option<&'a dyn LinearUpdates>,
+}
+
+/// How many linears [`BertModel::packed_for`] packed, and why the first one left was not.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Packing {
+    pub packed: usize,
+    pub total: usize,
+    pub first_error: Option<String>,
 }
 
 /// A linear of one encoder layer, in HF's order.
@@ -554,6 +562,25 @@ impl BertModel {
             encoder: BertEncoder { layer },
             pooler,
         }
+    }
+
+    /// Every linear of the encoder and pooler packed for bf16 products on `units`
+    /// ([`Linear::packed_for`]): an inference-only snapshot, taken after the last change to the
+    /// weights (a LoRA merge included).
+    pub fn packed_for(self, units: &MatrixUnits) -> (Self, Packing) {
+        let mut packing = Packing::default();
+        let model = self.map_linears(|_, linear| {
+            let (linear, result) = linear.packed_for(units);
+            packing.total += 1;
+            match result {
+                Ok(()) => packing.packed += 1,
+                Err(e) => {
+                    packing.first_error.get_or_insert(e);
+                }
+            }
+            linear
+        });
+        (model, packing)
     }
 
     pub fn forward(&self, input: BertInput, extras: &BertExtras) -> BertOutput {

@@ -5,10 +5,11 @@ use burn::nn::loss::CrossEntropyLossConfig;
 use burn::nn::{Initializer, Linear, LinearConfig};
 use burn::prelude::*;
 
-use crate::bert::{BertExtras, BertInput, BertModel, BertPooler};
+use crate::bert::{BertExtras, BertInput, BertModel, BertPooler, Packing};
 use crate::config::BertConfig;
 use crate::dropout::{Dropout, DropoutConfig};
 use crate::error::{ModelError, Result};
+use crate::kernels::MatrixUnits;
 use crate::peft::{PeftConfig, PeftModule, adapter};
 use crate::tokenizer::BertTokenizer;
 
@@ -110,6 +111,13 @@ impl BertClassifier {
             }
             None => self,
         }
+    }
+
+    /// The encoder's and pooler's linears multiplying in bf16 on `units`, for inference (see
+    /// [`BertModel::packed_for`]); the head, a few hundred values, stays f32.
+    pub fn packed_for(self, units: &MatrixUnits) -> (Self, Packing) {
+        let (bert, packing) = self.bert.packed_for(units);
+        (Self { bert, ..self }, packing)
     }
 
     /// Writes the trained method's module and head as a peft adapter directory for base model

@@ -8,6 +8,7 @@ use std::path::Path;
 use anyhow::{Context, Result, bail};
 use bert_data::LabelMap;
 use bert_model::classifier::BertClassifier;
+use bert_model::kernels::MatrixUnits;
 use bert_model::peft::PeftConfig;
 use bert_model::tokenizer::{bucketed_len, pad_batch_to};
 use bert_model::weights::Checkpoint;
@@ -33,6 +34,9 @@ pub struct Classifier {
     pub threshold: Option<(usize, Threshold)>,
     /// Logits are divided by this before the softmax (`calibration.json`; 1 without one).
     pub temperature: f64,
+    /// What multiplies the encoder's linears in bf16 when they were packed for the CPU's matrix
+    /// units ([`Classifier::packed_on`]); `None`: the device's own float type.
+    pub bf16_products: Option<String>,
 }
 
 impl Classifier {
@@ -90,6 +94,7 @@ impl Classifier {
             model,
             threshold,
             temperature,
+            bf16_products: None,
         })
     }
 
@@ -204,6 +209,28 @@ impl Classifier {
             model,
             threshold: None,
             temperature: 1.0,
+            bf16_products: None,
+        }
+    }
+
+    /// The classifier multiplying its encoder's linears in bf16 on `units` (see
+    /// [`BertClassifier::packed_for`]); unchanged for `None`. Says on stderr when some linears
+    /// could not be packed (they multiply in f32).
+    pub fn packed_on(self, units: Option<&MatrixUnits>) -> Self {
+        let Some(units) = units else { return self };
+        let (model, packing) = self.model.packed_for(units);
+        if let Some(why) = &packing.first_error {
+            eprintln!(
+                "note: {} of {} linear layers multiply in f32: {why}",
+                packing.total - packing.packed,
+                packing.total
+            );
+        }
+        let bf16_products = (packing.packed > 0).then(|| units.describe());
+        Self {
+            model,
+            bf16_products,
+            ..self
         }
     }
 

@@ -14,6 +14,7 @@ use std::fmt;
 use std::str::FromStr;
 
 use anyhow::{Context, Result, bail};
+use bert_model::kernels::{self, MatrixUnits};
 use burn::prelude::*;
 use serde::{Deserialize, Serialize};
 
@@ -433,6 +434,40 @@ impl DeviceChoice {
                 })?;
         }
         Ok(precision)
+    }
+
+    /// The precision for inference on the command's device: `--precision`, else `own`. bf16
+    /// on Flex keeps the tensors f32 ([`Self::matrix_units`] then multiplies the linears in
+    /// bf16); anything else is [`Self::set_main_precision`].
+    pub fn set_inference_precision(&self, own: Precision) -> Result<Precision> {
+        if self.precision.unwrap_or(own) == Precision::Bf16 && kernels::has_kernels(self.device()) {
+            return Ok(Precision::Bf16);
+        }
+        self.set_main_precision(own)
+    }
+
+    /// The CPU's bf16 matrix units when `precision` (from [`Self::set_inference_precision`]) is
+    /// bf16 on Flex. One line on stderr says what multiplies, or why f32 does.
+    pub fn matrix_units(&self, precision: Precision) -> Option<MatrixUnits> {
+        if precision != Precision::Bf16 || !kernels::has_kernels(self.device()) {
+            return None;
+        }
+        match MatrixUnits::bf16() {
+            Ok(units) => {
+                eprintln!(
+                    "bf16 products on the CPU's matrix units ({})",
+                    units.describe()
+                );
+                Some(units)
+            }
+            Err(why) => {
+                eprintln!(
+                    "note: bf16 on {}: {why}; multiplying in f32",
+                    self.main.describe()
+                );
+                None
+            }
+        }
     }
 
     /// [`DeviceChoice::set_precision`] of the command's own device.

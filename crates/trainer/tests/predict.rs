@@ -575,3 +575,53 @@ fn eval_lists_the_most_confident_mistakes_and_report_groups_by_a_column() {
     assert!(html.contains("40 of 80 rows are wrong"), "{html}");
     assert!(html.contains("<h2>Adapter</h2>"));
 }
+
+/// `--precision bf16` on Flex multiplies the encoder's linears in bf16 on the CPU's matrix
+/// units where it has them (oneDNN): probabilities within 2e-2 of f32's (the tolerance of the
+/// model crate's bf16 tests), the same labels wherever f32 is not within that of a tie, and
+/// stderr and `bench` say what multiplied. Without matrix units stderr says why f32 did (and
+/// `BERT_REQUIRE_MATRIX_UNITS`, set by CI where the CPU has them, makes that a failure).
+#[test]
+fn bf16_predictions_are_the_f32_ones_within_bf16_rounding() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let run = trained_run(dir);
+    let mut input = String::new();
+    for i in 0..40 {
+        input.push_str(&format!("{}第{i}个秘密\n", "震惊！".repeat(i % 5)));
+    }
+    let predict = |precision: &str| {
+        let args = ["predict", "--run", run, "--json", "--precision", precision];
+        let out = trainer_stdin(dir, &args, &input);
+        let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+        (lines(&ok(&out)), stderr)
+    };
+    let ((f32s, _), (bf16s, stderr)) = (predict("f32"), predict("bf16"));
+    let on_units = stderr.contains("bf16 products on the CPU's matrix units (oneDNN");
+    if std::env::var_os("BERT_REQUIRE_MATRIX_UNITS").is_some() {
+        assert!(on_units, "{stderr}");
+    }
+    assert!(
+        on_units || stderr.contains("multiplying in f32"),
+        "{stderr}"
+    );
+    assert_eq!(f32s.len(), 40);
+    let p = |v: &Value| v["probabilities"][0].as_f64().unwrap();
+    let mut differ = false;
+    for (a, b) in f32s.iter().zip(&bf16s) {
+        assert!((p(a) - p(b)).abs() < 2e-2, "{a} against {b}");
+        if (p(a) - 0.5).abs() > 2e-2 {
+            assert_eq!(a["label"], b["label"], "{a} against {b}");
+        }
+        differ |= p(a) != p(b);
+    }
+    assert_eq!(
+        differ, on_units,
+        "bf16 products change the probabilities slightly"
+    );
+
+    let bench = ["bench", "--run", run, "--texts", "8", "--precision", "bf16"];
+    let record = ok_json(&trainer(dir, &bench));
+    let precision = record["precision"].as_str().unwrap();
+    assert_eq!(precision.starts_with("bf16 (oneDNN"), on_units, "{record}");
+}

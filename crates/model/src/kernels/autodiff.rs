@@ -153,6 +153,16 @@ impl<B: Backend + BertKernels, C: CheckpointStrategy> BertKernels for Autodiff<B
         }
     }
 
+    /// Training multiplies in the weights' own precision: the packed snapshot has no gradient.
+    fn linear_packed(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        bias: FloatTensor<Self>,
+        _packed: std::sync::Arc<super::PackedLinear>,
+    ) -> FloatTensor<Self> {
+        Self::linear_with_bias(x, weight, bias)
+    }
+
     fn linear_backward_x(weight: FloatTensor<Self>, grad: FloatTensor<Self>) -> FloatTensor<Self> {
         let out = B::linear_backward_x(weight.into_primitive(), grad.into_primitive());
         Autodiff::<B, C>::from_inner(out)

@@ -7,7 +7,9 @@ use burn::backend::{Bytes, DType, Flex, FloatDType, Shape, TensorMetadata};
 
 use rayon::prelude::*;
 
-use super::{BertKernels, math};
+use std::sync::Arc;
+
+use super::{BertKernels, PackedLinear, math};
 
 /// The tensor as contiguous `f32` (copied only when strided or of another type), and its dtype.
 fn f32_contiguous(tensor: FlexTensor) -> (FlexTensor, DType) {
@@ -163,6 +165,24 @@ impl BertKernels for Flex {
         // initialised values for `gemm_into` to read and accumulate onto.
         unsafe { gemm_into(out.as_mut_ptr(), d_out, [rows, d_out, d_in], lhs, rhs, true) };
         output(out, with_last_dim(x.shape(), d_out), dtype)
+    }
+
+    fn linear_packed(
+        x: FlexTensor,
+        weight: FlexTensor,
+        bias: FlexTensor,
+        packed: Arc<PackedLinear>,
+    ) -> FlexTensor {
+        let (x, dtype) = f32_contiguous(x);
+        let (rows, d_in) = rows_and_last(&x);
+        let [packed_in, d_out] = packed.dims();
+        if dtype == DType::F32 && d_in == packed_in && matrix_dims(&weight) == packed.dims() {
+            // On an error from oneDNN the product is made in f32 below instead.
+            if let Ok(out) = packed.forward(values(&x), rows) {
+                return output(out, with_last_dim(x.shape(), d_out), dtype);
+            }
+        }
+        Self::linear_with_bias(x, weight, bias)
     }
 
     fn linear_backward_x(weight: FlexTensor, grad: FlexTensor) -> FlexTensor {

@@ -130,6 +130,37 @@ pub fn map(x: &[f32], out: &mut [f32], f: impl Fn(f32) -> f32 + Sync + Send + Co
         .for_each(|(o, x)| run(x, o));
 }
 
+/// `x` rounded to bf16 (to nearest, ties to even; NaN stays NaN), as bits, into `out`, on
+/// the calling thread. Panics unless the lengths agree.
+pub fn to_bf16(x: &[f32], out: &mut [u16]) {
+    assert_eq!(
+        x.len(),
+        out.len(),
+        "to_bf16: input and output lengths differ"
+    );
+    widest(
+        #[inline(always)]
+        || {
+            for (o, &v) in out.iter_mut().zip(x) {
+                *o = bf16_bits(v);
+            }
+        },
+    )
+}
+
+#[inline(always)]
+fn bf16_bits(v: f32) -> u16 {
+    let bits = v.to_bits();
+    let rounded = (bits.wrapping_add(0x7fff + ((bits >> 16) & 1)) >> 16) as u16;
+    // Rounding a NaN's low mantissa bits could carry into the sign: any NaN becomes the
+    // quiet one.
+    if bits & 0x7fff_ffff > 0x7f80_0000 {
+        0x7fc0
+    } else {
+        rounded
+    }
+}
+
 /// `x[i] = f(x[i])` in place.
 pub fn map_in_place(x: &mut [f32], f: impl Fn(f32) -> f32 + Sync + Send + Copy) {
     let run = |x: &mut [f32]| {
@@ -331,6 +362,32 @@ mod tests {
 
     fn grid() -> impl Iterator<Item = f32> {
         (-200_000..=200_000).map(|i| i as f32 * 1e-4)
+    }
+
+    #[test]
+    fn bf16_rounds_to_nearest_even_as_the_half_crate_does() {
+        let values: Vec<f32> = grid()
+            .chain([0.0, -0.0, f32::MAX, f32::MIN, f32::MIN_POSITIVE, 1e-40])
+            .chain([f32::INFINITY, f32::NEG_INFINITY])
+            .chain([1.0 + f32::EPSILON * 64.0, 1.0 + f32::EPSILON * 192.0])
+            .collect();
+        let mut bits = vec![0; values.len()];
+        to_bf16(&values, &mut bits);
+        for (v, b) in values.iter().zip(&bits) {
+            assert_eq!(*b, half::bf16::from_f32(*v).to_bits(), "{v:e}");
+        }
+        let nans = [
+            f32::NAN,
+            -f32::NAN,
+            f32::from_bits(0x7fff_ffff),
+            f32::from_bits(0xff80_0001),
+        ];
+        let mut bits = [0; 4];
+        to_bf16(&nans, &mut bits);
+        assert!(
+            bits.iter().all(|b| half::bf16::from_bits(*b).is_nan()),
+            "{bits:x?}"
+        );
     }
 
     #[test]

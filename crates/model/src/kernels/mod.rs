@@ -27,6 +27,10 @@ mod autodiff;
 #[cfg(feature = "flex")]
 mod flex;
 pub(crate) mod math;
+mod onednn;
+mod packed;
+
+pub use packed::{MatrixUnits, PackedLinear};
 
 use burn::backend::tensor::FloatTensor;
 use burn::backend::{Backend, DispatchDevice, backend_extension};
@@ -60,6 +64,15 @@ pub(crate) trait BertKernels: Backend {
         x: FloatTensor<Self>,
         weight: FloatTensor<Self>,
         bias: FloatTensor<Self>,
+    ) -> FloatTensor<Self>;
+    /// [`Self::linear_with_bias`] with the product in bf16 through `packed` (the same weight
+    /// and bias, packed by [`MatrixUnits::pack`]) where the backend can; otherwise, and for
+    /// autodiff, exactly [`Self::linear_with_bias`].
+    fn linear_packed(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        bias: FloatTensor<Self>,
+        packed: std::sync::Arc<PackedLinear>,
     ) -> FloatTensor<Self>;
     /// `grad · weightᵀ`: the gradient of [`Self::linear_with_bias`]'s input.
     fn linear_backward_x(weight: FloatTensor<Self>, grad: FloatTensor<Self>) -> FloatTensor<Self>;
@@ -115,8 +128,8 @@ pub fn is_host(device: &Device) -> bool {
     }
 }
 
-/// Whether the fused kernels run on `device`.
-fn has_kernels(device: &Device) -> bool {
+/// Whether the fused kernels (and [`packed_linear`]'s bf16 products) run on `device`: Flex.
+pub fn has_kernels(device: &Device) -> bool {
     #[allow(clippy::match_like_matches_macro)]
     match device.as_dispatch().clone().inner() {
         #[cfg(feature = "flex")]
@@ -168,6 +181,36 @@ pub fn linear<const D: usize>(
         x.into_dispatch(),
         weight.into_dispatch(),
         bias.into_dispatch(),
+    ))
+}
+
+/// [`linear`] with the product in bf16 on the CPU's matrix units through `packed`, made from
+/// the same `weight` and `bias` by [`MatrixUnits::pack`]: on Flex without autodiff. Elsewhere,
+/// and when oneDNN fails, the `f32` [`linear`].
+///
+/// # Panics
+/// As [`linear`].
+pub fn packed_linear<const D: usize>(
+    x: Tensor<D>,
+    weight: Tensor<2>,
+    bias: Tensor<1>,
+    packed: &std::sync::Arc<PackedLinear>,
+) -> Tensor<D> {
+    if !has_kernels(&x.device()) || packed.dims() != weight.dims() {
+        return linear(x, weight, Some(bias));
+    }
+    let (x_dims, [d_in, d_out]) = (x.dims(), weight.dims());
+    assert!(
+        x_dims.last() == Some(&d_in) && bias.dims() == [d_out],
+        "kernels::packed_linear: x {x_dims:?}, weight {:?} and bias {:?} do not fit",
+        [d_in, d_out],
+        bias.dims()
+    );
+    Tensor::from_dispatch(<burn::backend::Dispatch as BertKernels>::linear_packed(
+        x.into_dispatch(),
+        weight.into_dispatch(),
+        bias.into_dispatch(),
+        packed.clone(),
     ))
 }
 

@@ -44,8 +44,13 @@ pub fn run(args: BenchArgs, choice: &DeviceChoice) -> Result<()> {
         return classify(run, args.texts, args.batch_size, choice);
     }
     let device = choice.device();
-    choice.set_main_precision(Default::default())?;
+    let precision = choice.set_inference_precision(Default::default())?;
     let pretrained = Pretrained::load(&args.model, args.seq_len, device)?;
+    let units = choice.matrix_units(precision);
+    let model = match &units {
+        Some(units) => pretrained.model().clone().packed_for(units).0,
+        None => pretrained.model().clone(),
+    };
     let positions = pretrained.config.max_position_embeddings;
     anyhow::ensure!(
         args.seq_len <= positions,
@@ -61,7 +66,7 @@ pub fn run(args: BenchArgs, choice: &DeviceChoice) -> Result<()> {
     let batch = vec![item; args.batch_size];
     let run_once = || {
         let input = pad_batch(&batch, 0, device);
-        let out = pretrained.model().forward(input, &BertExtras::default());
+        let out = model.forward(input, &BertExtras::default());
         // Reading a value back forces the (possibly asynchronous) backend to finish.
         let _ = out.last_hidden_state.sum().into_data();
     };
@@ -74,7 +79,7 @@ pub fn run(args: BenchArgs, choice: &DeviceChoice) -> Result<()> {
     let record = serde_json::json!({
         "bench": "forward",
         "device": choice.main.to_string(),
-        "precision": format!("{:?}", device.settings().float_dtype).to_lowercase(),
+        "precision": precision_label(device, units.map(|u| u.describe())),
         "model": args.model,
         "batch_size": args.batch_size,
         "seq_len": args.seq_len,
@@ -83,6 +88,15 @@ pub fn run(args: BenchArgs, choice: &DeviceChoice) -> Result<()> {
     });
     println!("{record}");
     Ok(())
+}
+
+/// The device's float type, or `bf16 (oneDNN ...)` when the linears multiply in bf16 on the
+/// CPU's matrix units.
+fn precision_label(device: &burn::tensor::Device, bf16_products: Option<String>) -> String {
+    match bf16_products {
+        Some(products) => format!("bf16 ({products})"),
+        None => format!("{:?}", device.settings().float_dtype).to_lowercase(),
+    }
 }
 
 fn percentile(sorted: &[f64], q: f64) -> f64 {
@@ -133,7 +147,7 @@ fn classify(
     let record = serde_json::json!({
         "bench": "classify",
         "device": choice.main.to_string(),
-        "precision": format!("{:?}", device.settings().float_dtype).to_lowercase(),
+        "precision": precision_label(device, run.bf16_products.clone()),
         "run": dir,
         "method": run.config.peft.name(),
         "texts": texts.len(),

@@ -40,9 +40,9 @@ impl ModelArgs {
         if let Some(dir) = &self.run {
             return load_run(dir, choice);
         }
-        choice.set_main_precision(Default::default())?;
+        let precision = choice.set_inference_precision(Default::default())?;
         let device = choice.device();
-        match (&self.model, &self.adapter) {
+        let classifier = match (&self.model, &self.adapter) {
             (Some(model), Some(adapter)) => Classifier::from_adapter(
                 model,
                 adapter,
@@ -54,14 +54,17 @@ impl ModelArgs {
                 Classifier::from_classifier(model, self.labels.as_deref(), self.max_length, device)
             }
             (None, _) => bail!("pass --run DIR, --model SRC --adapter DIR, or --model SRC"),
-        }
+        }?;
+        Ok(classifier.packed_on(choice.matrix_units(precision).as_ref()))
     }
 }
 
 /// The run in `dir` on the chosen device, set to the run's precision (`train.precision`)
-/// unless `--precision` chose one: a run predicts in the float type it was trained in.
+/// unless `--precision` chose one: a run predicts in the float type it was trained in (bf16
+/// on Flex: f32 tensors, bf16 products on the CPU's matrix units).
 pub fn load_run(dir: &Path, choice: &DeviceChoice) -> Result<Classifier> {
     let own = RunDir::new(dir).read_config()?.train.precision;
-    choice.set_main_precision(own)?;
-    Classifier::load(dir, choice.device())
+    let precision = choice.set_inference_precision(own)?;
+    let run = Classifier::load(dir, choice.device())?;
+    Ok(run.packed_on(choice.matrix_units(precision).as_ref()))
 }

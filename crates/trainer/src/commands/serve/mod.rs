@@ -151,7 +151,7 @@ pub fn run(args: ServeArgs, choice: &DeviceChoice) -> Result<()> {
     check(&args)?;
     let device = choice.device();
     let config = RunDir::new(&args.run).read_config()?;
-    choice.set_main_precision(config.train.precision)?;
+    let precision = choice.set_inference_precision(config.train.precision)?;
     let pretrained = Pretrained::load(&config.model.source, config.model.max_length, device)?;
     let mut names = vec![config.name.clone()];
     let mut runs = vec![Classifier::load_with(&args.run, &pretrained, device)?];
@@ -191,6 +191,11 @@ pub fn run(args: ServeArgs, choice: &DeviceChoice) -> Result<()> {
         runs.push(run);
     }
     drop(pretrained);
+    let units = choice.matrix_units(precision);
+    let runs: Vec<Classifier> = runs
+        .into_iter()
+        .map(|run| run.packed_on(units.as_ref()))
+        .collect();
 
     let runs_info = runs
         .iter()
