@@ -59,8 +59,12 @@ struct Cli {
     /// first).
     #[arg(long, global = true, value_name = "DEVICE")]
     device: Option<String>,
-    /// Float type of weights and activations: f32, f16 or bf16 (default: the run's or recipe's
-    /// `train.precision`, else f32). Half precision is for GPUs; on Flex it is slower than f32.
+    /// Float type: f32, f16 or bf16 (default: the run's or recipe's `train.precision`, else
+    /// f32). On GPUs it is the type of weights and activations. On the CPU (Flex), bf16 for
+    /// predict, eval, serve, bench and export keeps f32 tensors and multiplies the linear layers
+    /// in bf16 on the CPU's matrix units (AMX or AVX512-BF16, through oneDNN 2.x:
+    /// `apt-get install libdnnl2`), about 2x f32's speed; where those are missing it says why
+    /// and multiplies in f32. Training on Flex in f16 or bf16 is slower than f32.
     #[arg(long, global = true, value_name = "TYPE")]
     precision: Option<String>,
 }
