@@ -18,7 +18,9 @@ pub struct Linear {
     pub weight: Param<Tensor<2>>,
     pub bias: Option<Param<Tensor<1>>>,
     /// The weight and bias packed for bf16 products on the CPU's matrix units, for inference
-    /// ([`Linear::packed_for`]); not a parameter, and dropped by any change to the weight.
+    /// ([`Linear::packed_for`]); not a parameter. [`Linear::with_weight_delta`] drops it; after
+    /// any other change to the weights (Burn's module operations carry it along) the products
+    /// see the mismatch and run in f32 (see [`PackedLinear::matches`]).
     #[module(skip)]
     pub packed: Option<Arc<PackedLinear>>,
 }

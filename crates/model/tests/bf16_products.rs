@@ -223,3 +223,51 @@ fn training_multiplies_in_f32_whatever_was_packed() {
     let grads = through_packed.sum().backward();
     assert!(x.grad(&grads).is_some());
 }
+
+/// Burn's module operations carry the packed snapshot along (it is not a parameter): after the
+/// weights change under it, products see the mismatch and run in f32 on the live weights.
+#[test]
+fn a_stale_snapshot_is_not_used() {
+    let Some(units) = units() else { return };
+    let device = Device::default();
+    let (linear, result) = Linear::new(64, 48, &device).packed_for(&units);
+    result.unwrap();
+    let x = tensor(values(5 * 64, 11), [5, 64]);
+    let changed = Linear {
+        weight: linear.weight.clone().map(|w| w * 2.0),
+        bias: linear.bias.clone(),
+        packed: linear.packed.clone(),
+    };
+    let plain = Linear {
+        packed: None,
+        ..changed.clone()
+    };
+    assert_eq!(
+        host(changed.forward(x.clone())),
+        host(plain.forward(x.clone()))
+    );
+    let new_bias = Linear {
+        bias: linear.bias.clone().map(|b| b.map(|b| b + 1.0)),
+        ..linear.clone()
+    };
+    let plain = Linear {
+        packed: None,
+        ..new_bias.clone()
+    };
+    assert_eq!(host(new_bias.forward(x.clone())), host(plain.forward(x)));
+}
+
+#[test]
+fn absurd_sizes_are_errors_not_allocations() {
+    let Some(units) = units() else { return };
+    assert!(
+        units
+            .pack(&[0.0; 4], &[0.0; 4], [(1 << 62) + 1, 4])
+            .is_err()
+    );
+    assert!(units.pack(&[0.0; 4], &[0.0; 4], [1, 1 << 40]).is_err());
+    let packed = units.pack(&[0.5; 4], &[0.0; 4], [1, 4]).unwrap();
+    assert!(packed.forward(&[1.0; 3], 2).is_err());
+    assert!(packed.forward(&[], usize::MAX).is_err());
+    assert_eq!(packed.forward(&[], 0).unwrap(), Vec::<f32>::new());
+}

@@ -176,13 +176,19 @@ impl BertKernels for Flex {
         let (x, dtype) = f32_contiguous(x);
         let (rows, d_in) = rows_and_last(&x);
         let [packed_in, d_out] = packed.dims();
-        if dtype == DType::F32 && d_in == packed_in && matrix_dims(&weight) == packed.dims() {
+        let (weight, weight_dtype) = f32_contiguous(weight);
+        let (bias, _) = f32_contiguous(bias);
+        let current = weight_dtype == DType::F32
+            && matrix_dims(&weight) == packed.dims()
+            && packed.matches(values(&weight), values(&bias));
+        if dtype == DType::F32 && d_in == packed_in && current {
             // On an error from oneDNN the product is made in f32 below instead.
             if let Ok(out) = packed.forward(values(&x), rows) {
                 return output(out, with_last_dim(x.shape(), d_out), dtype);
             }
         }
-        Self::linear_with_bias(x, weight, bias)
+        // `x` is f32 here; the result goes back to the input's type.
+        finish(Self::linear_with_bias(x, weight, bias), dtype)
     }
 
     fn linear_backward_x(weight: FlexTensor, grad: FlexTensor) -> FlexTensor {

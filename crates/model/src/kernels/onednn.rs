@@ -413,13 +413,16 @@ impl Matmul {
                 .to_string_lossy()
                 .into_owned()
         };
-        // SAFETY: `pd` is live; both queries return descriptors owned by it, copied here.
-        let (weights, scratchpad) = unsafe {
-            (
-                *(api.primitive_desc_query_md)(pd, QUERY_WEIGHTS_MD, 0),
-                *(api.primitive_desc_query_md)(pd, QUERY_SCRATCHPAD_MD, 0),
-            )
+        let query = |what| {
+            // SAFETY: `pd` is live; the query returns a descriptor owned by it (or null), which
+            // is copied here.
+            let desc = unsafe { (api.primitive_desc_query_md)(pd, what, 0) };
+            // SAFETY: non-null, it points at an initialised descriptor.
+            (!desc.is_null())
+                .then(|| unsafe { *desc })
+                .ok_or_else(|| format!("oneDNN has no descriptor for query {what}"))
         };
+        let (weights, scratchpad) = (query(QUERY_WEIGHTS_MD)?, query(QUERY_SCRATCHPAD_MD)?);
         // SAFETY: an initialised descriptor.
         let scratchpad_bytes = unsafe { (api.memory_desc_get_size)(&scratchpad) };
         let mut primitive = null_mut();
@@ -525,7 +528,9 @@ impl Matmul {
         if !fits {
             return Err("operands do not fit the matmul primitive".into());
         }
-        let mut scratchpad = vec![0u8; self.scratchpad_bytes];
+        // Only written and read by oneDNN, so left uninitialised: no Rust reference to its
+        // contents is made.
+        let mut scratchpad: Vec<u8> = Vec::with_capacity(self.scratchpad_bytes);
         // SAFETY: each buffer holds its descriptor's size (checked above); oneDNN reads `src`,
         // `bias` and the packed weights and writes only `dst` and the scratchpad, which are
         // borrowed mutably for the call.

@@ -23,6 +23,12 @@ use super::onednn::{OneDnn, Packed};
 const TILE_ROWS: usize = 16;
 /// Rows of the largest product one primitive makes.
 const MAX_CHUNK_ROWS: usize = 512;
+/// The largest side of a packed weight: oneDNN's dimensions are `i64`, and its sizes must not
+/// overflow with [`MAX_CHUNK_ROWS`] rows.
+const MAX_DIM: usize = 1 << 24;
+/// Weight and bias values compared with the live tensors before each product (see
+/// [`PackedLinear::matches`]).
+const SAMPLES: usize = 64;
 
 /// bf16 products on this machine's matrix units: oneDNN loaded, with a bf16 implementation in
 /// hardware.
@@ -73,9 +79,15 @@ impl MatrixUnits {
         dims: [usize; 2],
     ) -> Result<PackedLinear, String> {
         let [d_in, d_out] = dims;
-        if d_in == 0 || d_out == 0 || bias.len() != d_out {
+        let fits = (1..=MAX_DIM).contains(&d_in)
+            && (1..=MAX_DIM).contains(&d_out)
+            && d_in.checked_mul(d_out) == Some(weight.len())
+            && bias.len() == d_out;
+        if !fits {
             return Err(format!(
-                "a {d_in} x {d_out} weight with {} bias values cannot be packed",
+                "{} weights and {} bias values are not a {d_in} x {d_out} linear (each side at \
+                 most {MAX_DIM})",
+                weight.len(),
                 bias.len()
             ));
         }
@@ -91,17 +103,23 @@ impl MatrixUnits {
             dims,
             weight: matmul.pack(weight, dims)?,
             bias: bias.to_vec(),
+            samples: sample_positions(weight.len()).map(|i| weight[i]).collect(),
         })
     }
 }
 
-/// A linear layer's weight in bf16, packed for the matrix units, and its bias in f32. It is a
-/// snapshot: a weight changed afterwards is not seen (pack after the last change).
+/// A linear layer's weight in bf16, packed for the matrix units, and its bias in f32: a
+/// snapshot, taken after the last change to the weights. Burn's module operations (`map`,
+/// `load_record`, an optimizer step) carry it along unchanged, so each product first checks
+/// the live bias and a sample of the live weight against it ([`Self::matches`]) and the caller
+/// multiplies in f32 when they differ.
 pub struct PackedLinear {
     dnn: &'static OneDnn,
     dims: [usize; 2],
     weight: Packed,
     bias: Vec<f32>,
+    /// The weight's values at [`sample_positions`], as packed.
+    samples: Vec<f32>,
 }
 
 impl fmt::Debug for PackedLinear {
@@ -121,6 +139,21 @@ impl PackedLinear {
         self.dims
     }
 
+    /// Whether `weight` and `bias` (row-major `d_in x d_out`, and `d_out`) are what was packed,
+    /// as far as the whole bias and [`SAMPLES`] of the weight's values spread over it tell
+    /// (bit for bit): a changed layer, whose bias or weights all move, is caught without
+    /// reading all of it.
+    pub fn matches(&self, weight: &[f32], bias: &[f32]) -> bool {
+        let [d_in, d_out] = self.dims;
+        let same = |a: &f32, b: &f32| a.to_bits() == b.to_bits();
+        weight.len() == d_in * d_out
+            && bias.len() == d_out
+            && bias.iter().zip(&self.bias).all(|(a, b)| same(a, b))
+            && sample_positions(weight.len())
+                .zip(&self.samples)
+                .all(|(i, b)| same(&weight[i], b))
+    }
+
     /// `x · weight + bias` for `x` of `rows x d_in` values (row-major): `rows x d_out`
     /// values, or an error from oneDNN (the caller then multiplies in f32). Rows are split
     /// across the rayon pool unless the caller keeps its products on one thread
@@ -129,6 +162,16 @@ impl PackedLinear {
         let [d_in, d_out] = self.dims;
         if rows.checked_mul(d_in) != Some(x.len()) {
             return Err(format!("{} values are not {rows} rows of {d_in}", x.len()));
+        }
+        let limit = isize::MAX as usize / std::mem::size_of::<f32>();
+        let chunk = chunk_rows(rows, 1);
+        if padded_rows(rows, chunk)
+            .checked_mul(d_out.max(d_in))
+            .is_none_or(|n| n > limit)
+        {
+            return Err(format!(
+                "{rows} rows of {d_out} values do not fit in memory"
+            ));
         }
         let threads = if crate::parallel::one_thread() {
             1
@@ -172,6 +215,12 @@ impl PackedLinear {
             matmul.run(src, &self.weight, &self.bias, dst)
         })
     }
+}
+
+/// Evenly spread positions in a weight of `n` values (all of them for a small one).
+fn sample_positions(n: usize) -> impl Iterator<Item = usize> {
+    let step = n.div_ceil(SAMPLES).max(1);
+    (0..n).step_by(step)
 }
 
 /// Rows per chunk: at most [`MAX_CHUNK_ROWS`], a multiple of [`TILE_ROWS`], and (for more
