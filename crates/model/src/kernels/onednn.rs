@@ -291,10 +291,12 @@ impl OneDnn {
         check(unsafe { (self.api.stream_wait)(stream) }, "stream wait")
     }
 
-    /// A memory object over `data` (not owned), described by `desc`.
+    /// A memory object over `data` (not owned), described by `desc`; over a buffer of its own
+    /// for `MEMORY_ALLOCATE`.
     ///
     /// # Safety
-    /// `data` must stay valid for the memory object's use, holding `desc`'s size in bytes.
+    /// `data` must stay valid for the memory object's use, holding `desc`'s size in bytes (or
+    /// be `MEMORY_ALLOCATE`).
     unsafe fn wrap(&self, desc: &MemoryDesc, data: *mut c_void) -> Result<Memory<'_>, String> {
         let mut handle = null_mut();
         // SAFETY: `handle` is a valid out-pointer; the caller vouches for `data`.
@@ -495,7 +497,7 @@ impl Matmul {
             },
             ExecArg {
                 arg: ARG_TO,
-                memory: packed.handle,
+                memory: packed.memory.handle,
             },
         ];
         let done = dnn.execute(reorder, &args);
@@ -550,7 +552,7 @@ impl Matmul {
             },
             ExecArg {
                 arg: ARG_WEIGHTS,
-                memory: weights.handle,
+                memory: weights.memory.handle,
             },
             ExecArg {
                 arg: ARG_BIAS,
@@ -578,8 +580,7 @@ impl Drop for Matmul {
 
 /// Weights in a primitive's packed bf16 layout, in a buffer oneDNN allocated.
 pub(crate) struct Packed {
-    dnn: &'static OneDnn,
-    handle: Handle,
+    memory: Memory<'static>,
     desc: MemoryDesc,
 }
 
@@ -590,33 +591,21 @@ unsafe impl Sync for Packed {}
 
 impl Packed {
     fn allocate(dnn: &'static OneDnn, desc: MemoryDesc) -> Result<Self, String> {
-        let mut handle = null_mut();
-        // SAFETY: `handle` is a valid out-pointer; oneDNN allocates the descriptor's size.
-        check(
-            unsafe { (dnn.api.memory_create)(&mut handle, &desc, dnn.engine, MEMORY_ALLOCATE) },
-            "weight buffer",
-        )?;
+        // SAFETY: oneDNN allocates (and frees with the memory object) the descriptor's size.
+        let memory = unsafe { dnn.wrap(&desc, MEMORY_ALLOCATE) }?;
         let mut data = null_mut();
-        // SAFETY: `handle` is live and `data` a valid out-pointer.
-        let status = unsafe { (dnn.api.memory_get_data_handle)(handle, &mut data) };
-        let packed = Self { dnn, handle, desc };
+        // SAFETY: `memory` is live and `data` a valid out-pointer.
+        let status = unsafe { (dnn.api.memory_get_data_handle)(memory.handle, &mut data) };
         check(status, "weight buffer")?;
         if data.is_null() {
             return Err("oneDNN allocated no weight buffer".into());
         }
-        Ok(packed)
+        Ok(Self { memory, desc })
     }
 
     /// Bytes of the packed buffer.
     pub(crate) fn bytes(&self) -> usize {
         // SAFETY: an initialised descriptor.
-        unsafe { (self.dnn.api.memory_desc_get_size)(&self.desc) }
-    }
-}
-
-impl Drop for Packed {
-    fn drop(&mut self) {
-        // SAFETY: `handle` is live and destroyed once.
-        unsafe { (self.dnn.api.memory_destroy)(self.handle) };
+        unsafe { (self.memory.dnn.api.memory_desc_get_size)(&self.desc) }
     }
 }

@@ -163,16 +163,6 @@ impl PackedLinear {
         if rows.checked_mul(d_in) != Some(x.len()) {
             return Err(format!("{} values are not {rows} rows of {d_in}", x.len()));
         }
-        let limit = isize::MAX as usize / std::mem::size_of::<f32>();
-        let chunk = chunk_rows(rows, 1);
-        if padded_rows(rows, chunk)
-            .checked_mul(d_out.max(d_in))
-            .is_none_or(|n| n > limit)
-        {
-            return Err(format!(
-                "{rows} rows of {d_out} values do not fit in memory"
-            ));
-        }
         let threads = if crate::parallel::one_thread() {
             1
         } else {
@@ -180,6 +170,15 @@ impl PackedLinear {
         };
         let chunk = chunk_rows(rows, threads);
         let padded = padded_rows(rows, chunk);
+        let limit = isize::MAX as usize / std::mem::size_of::<f32>();
+        if padded
+            .checked_mul(d_out.max(d_in))
+            .is_none_or(|n| n > limit)
+        {
+            return Err(format!(
+                "{rows} rows of {d_out} values do not fit in memory"
+            ));
+        }
         let mut out: Vec<f32> = Vec::with_capacity(padded * d_out);
         let spare = &mut out.spare_capacity_mut()[..padded * d_out];
         let parts = x.chunks(chunk * d_in).zip(spare.chunks_mut(chunk * d_out));
