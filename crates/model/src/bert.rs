@@ -583,6 +583,34 @@ impl BertModel {
         (model, packing)
     }
 
+    /// Each layer's key and value projections (`[n, hidden]` each, heads side by side) of one
+    /// text's tokens, given as ids with their special tokens: the activations of real words a
+    /// prefix can start from (Li & Liang). Computed as in inference (no dropout, no gradient).
+    pub fn layer_key_values(&self, ids: &[u32]) -> Vec<(Tensor<2>, Tensor<2>)> {
+        let model = self.valid();
+        let device = model.embeddings.word_embeddings.weight.device();
+        let n = ids.len();
+        let ids: Vec<i64> = ids.iter().map(|&i| i64::from(i)).collect();
+        let ids = Tensor::<2, Int>::from_data(TensorData::new(ids, [1, n]), &device);
+        let types = Tensor::<2, Int>::zeros([1, n], &device);
+        let mask_bias = mask_bias(Tensor::ones([1, n], &device));
+        let extras = BertExtras::default();
+        let mut hidden = model.embeddings.forward(ids, types, None, 0);
+        let mut out = Vec::with_capacity(model.encoder.layer.len());
+        for (i, layer) in model.encoder.layer.iter().enumerate() {
+            let attn = &layer.attention.self_attn;
+            let width = hidden.dims()[2];
+            let project = |linear: &Linear| linear.forward(hidden.clone()).reshape([n, width]);
+            out.push((project(&attn.key), project(&attn.value)));
+            let at = LayerExtras {
+                extras: &extras,
+                layer: i,
+            };
+            hidden = layer.forward(hidden, mask_bias.clone(), at);
+        }
+        out
+    }
+
     pub fn forward(&self, input: BertInput, extras: &BertExtras) -> BertOutput {
         let (mut hidden, prompt_len) = self.encode(input, extras, false);
         let pooler_output = self

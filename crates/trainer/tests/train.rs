@@ -1135,3 +1135,49 @@ fn train_ends_with_the_actual_run_directory_to_use() {
     ));
     assert!(!predicted.trim().is_empty());
 }
+
+/// `data.holdout_fraction` chooses on a slice of the training split: the validation split's rows
+/// are neither trained on nor evaluated, so a recipe chosen this way can be measured on them.
+/// The same run starts its prefix from a text (`peft.prefix_init_text`).
+#[test]
+fn a_holdout_of_the_training_split_takes_the_validation_splits_place() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    write_titles(dir, 100);
+    train_run(
+        dir,
+        "plain",
+        "method = \"prefix-tuning\"\nnum_virtual_tokens = 4",
+        1,
+    );
+    let config = format!(
+        "name = \"held\"\n[model]\nsource = \"{}\"\nmax_length = 16\n[data]\ntrain = \"zh.csv\"\n\
+         labels = \"labels.txt\"\nholdout_fraction = 0.25\n[peft]\nmethod = \"prefix-tuning\"\n\
+         num_virtual_tokens = 6\nprefix_init_text = \"震惊！你绝对想不到\"\n[train]\nepochs = 1\n\
+         batch_size = 8\nlr = 0.01\n",
+        tiny()
+    );
+    std::fs::write(dir.join("held.toml"), config).unwrap();
+    let out = trainer(
+        dir,
+        &["train", "--config", "held.toml", "--run-dir", "held"],
+    );
+    ok(&out);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("choosing on a held-out 20 of the 80 training rows"),
+        "{stderr}"
+    );
+    let titles = |run: &str, file: &str| -> std::collections::BTreeSet<String> {
+        let text = std::fs::read_to_string(dir.join(run).join(file)).unwrap();
+        text.lines().skip(1).map(str::to_owned).collect()
+    };
+    let (train, valid) = (titles("held", "train.csv"), titles("held", "valid.csv"));
+    assert_eq!((train.len(), valid.len()), (60, 20));
+    let plain_train = titles("plain", "train.csv");
+    assert!(train.union(&valid).all(|t| plain_train.contains(t)));
+    assert!(train.is_disjoint(&valid));
+    let summary = json(&dir.join("held/summary.json"));
+    assert_eq!(summary["data"]["valid"], 20);
+    assert_eq!(summary["data"]["valid_is_holdout_of_train"], 0.25);
+}

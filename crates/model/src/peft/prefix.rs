@@ -11,6 +11,7 @@ use burn::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use super::adapter::prompt_parts;
+use super::prompt::init_token_ids;
 use super::{
     AdapterFiles, AdapterParts, MAX_ENCODER_HIDDEN, MAX_VIRTUAL_TOKENS, Method, PeftConfig,
     PeftModule, Tensors, VIRTUAL_TOKENS_CANNOT_EXPORT, count,
@@ -18,6 +19,7 @@ use super::{
 use crate::bert::{BertModel, LayerPrefix};
 use crate::config::BertConfig;
 use crate::error::{ModelError, Result};
+use crate::tokenizer::BertTokenizer;
 
 /// peft's `PrefixTuningConfig`, with the reference recipe's values as defaults.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -28,6 +30,12 @@ pub struct PrefixTuningConfig {
     pub prefix_projection: bool,
     /// Hidden size of the projection MLP (peft's `encoder_hidden_size`).
     pub encoder_hidden_size: usize,
+    /// Start the prefix from real words instead of random vectors (Li & Liang's initialisation;
+    /// peft has no counterpart): each layer's key/value prefix is BERT's own key/value
+    /// projections of this text's tokens (with `[CLS]`/`[SEP]`), repeated or cut to
+    /// `num_virtual_tokens`. Without `prefix_projection` only.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub prefix_init_text: Option<String>,
 }
 
 impl Default for PrefixTuningConfig {
@@ -36,6 +44,7 @@ impl Default for PrefixTuningConfig {
             num_virtual_tokens: 20,
             prefix_projection: false,
             encoder_hidden_size: 128,
+            prefix_init_text: None,
         }
     }
 }
@@ -79,6 +88,18 @@ impl Method for PrefixTuningConfig {
                 MAX_ENCODER_HIDDEN,
             )?;
         }
+        if let Some(text) = &self.prefix_init_text {
+            if text.trim().is_empty() {
+                return Err("peft.prefix_init_text is empty".into());
+            }
+            if self.prefix_projection {
+                return Err(
+                    "peft.prefix_init_text sets the prefix itself, which prefix_projection \
+                     computes from its MLP: use one or the other"
+                        .into(),
+                );
+            }
+        }
         Ok(())
     }
 
@@ -90,6 +111,38 @@ impl Method for PrefixTuningConfig {
     ) -> Result<(BertModel, Option<PeftModule>)> {
         let encoder = PrefixEncoder::new(self, config, device);
         Ok((bert, Some(PeftModule::PrefixEncoder(encoder))))
+    }
+
+    fn init_with_tokenizer(
+        &self,
+        bert: &BertModel,
+        module: Option<PeftModule>,
+        tokenizer: &BertTokenizer,
+    ) -> Result<Option<PeftModule>> {
+        let Some(text) = self.prefix_init_text.as_deref() else {
+            return Ok(module);
+        };
+        let Some(PeftModule::PrefixEncoder(encoder)) = module else {
+            return Err(ModelError::Other("the model has no prefix encoder".into()));
+        };
+        let mut ids = tokenizer.encode(text)?.input_ids;
+        ids.truncate(bert.embeddings.position_embeddings.weight.dims()[0]);
+        let rows = init_token_ids(
+            &(0..ids.len() as u32).collect::<Vec<_>>(),
+            self.num_virtual_tokens,
+        );
+        let per_layer = bert.layer_key_values(&ids);
+        // [n, L*2*hidden]: layer i's key is block 2i, its value block 2i+1, as the encoder reads.
+        let blocks = per_layer.into_iter().flat_map(|(k, v)| [k, v]).collect();
+        let all = Tensor::cat(blocks, 1);
+        let device = encoder.embedding.weight.device();
+        let rows: Vec<i64> = rows.iter().map(|&r| i64::from(r)).collect();
+        let n = rows.len();
+        let rows = Tensor::<1, Int>::from_data(TensorData::new(rows, [n]), &all.device());
+        let prefix = Tensor::from_data(all.select(0, rows).into_data(), &device);
+        Ok(Some(PeftModule::PrefixEncoder(
+            encoder.with_init_prefix(prefix),
+        )))
     }
 
     /// Runs written before p-tuning and prompt tuning existed named the prefix encoder
@@ -170,6 +223,20 @@ impl PrefixEncoder {
             num_layers: bert.num_hidden_layers,
             hidden: bert.hidden_size,
         }
+    }
+
+    /// The prefix set to `weights` (`[P, num_layers * 2 * hidden]`), for a prefix without the
+    /// projection MLP.
+    pub fn with_init_prefix(mut self, weights: Tensor<2>) -> Self {
+        self.embedding.weight = self.embedding.weight.map(|old| {
+            // Trainable when the vectors it replaces were (training); inference has no autodiff.
+            if old.is_require_grad() {
+                weights.require_grad()
+            } else {
+                weights
+            }
+        });
+        self
     }
 
     pub fn num_virtual_tokens(&self) -> usize {

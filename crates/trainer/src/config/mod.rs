@@ -66,6 +66,12 @@ pub struct DataSection {
     pub split_seed: u64,
     /// Use a seeded sample of this many rows (before splitting); reported in the summary.
     pub max_rows: Option<usize>,
+    /// For choosing a recipe without spending the validation split: this fraction of the
+    /// training split (a seeded slice) takes the validation split's place for the per-epoch
+    /// figures, model selection and calibration, and the validation split is not used at all,
+    /// so the recipe chosen this way can then be measured on it as on unseen data.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub holdout_fraction: Option<f64>,
 }
 
 impl Default for DataSection {
@@ -79,6 +85,7 @@ impl Default for DataSection {
             valid_fraction: 0.2,
             split_seed: 123,
             max_rows: None,
+            holdout_fraction: None,
         }
     }
 }
@@ -304,6 +311,11 @@ impl TrainConfig {
                 "data.valid_fraction must be in (0, 1), got {}",
                 self.data.valid_fraction
             );
+        }
+        if let Some(h) = self.data.holdout_fraction
+            && !(h > 0.0 && h < 1.0)
+        {
+            bail!("data.holdout_fraction must be in (0, 1), got {h}");
         }
         if self.data.max_rows == Some(0) {
             bail!("data.max_rows must be at least 1 (or left out to use every row)");

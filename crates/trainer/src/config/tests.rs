@@ -122,6 +122,8 @@ fn non_finite_and_out_of_range_numbers_are_named() {
         ("train.warmup_ratio=nan", "train.warmup_ratio"),
         ("data.valid_fraction=nan", "data.valid_fraction"),
         ("data.max_rows=0", "data.max_rows"),
+        ("data.holdout_fraction=1", "data.holdout_fraction"),
+        ("data.holdout_fraction=nan", "data.holdout_fraction"),
     ] {
         let e = format!("{:#}", load("", &[set]).unwrap_err());
         assert!(e.contains(needle), "{set}: {e}");

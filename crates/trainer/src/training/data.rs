@@ -154,6 +154,32 @@ pub fn check(config: &TrainConfig) -> Result<Checked> {
             (split.train, valid)
         }
     };
+    let (train_rows, valid) = match config.data.holdout_fraction {
+        Some(fraction) => {
+            let held = SplitConfig {
+                valid_fraction: fraction,
+                seed: config.data.split_seed,
+                max_rows: None,
+            }
+            .split(train_rows.len());
+            eprintln!(
+                "data: choosing on a held-out {} of the {} training rows (data.holdout_fraction); \
+                 the {} validation rows are not used",
+                held.valid.len(),
+                train_rows.len(),
+                valid.len()
+            );
+            let rows = |picked: &[usize]| -> Vec<usize> {
+                picked.iter().map(|&k| train_rows[k]).collect()
+            };
+            let holdout = rows(&held.valid)
+                .into_iter()
+                .map(|i| (table.rows[i].text.clone(), ids[i]))
+                .collect();
+            (rows(&held.train), holdout)
+        }
+        None => (train_rows, valid),
+    };
     if let Some(max) = config.data.max_rows
         && max < table.rows.len()
     {
@@ -194,7 +220,7 @@ pub fn check(config: &TrainConfig) -> Result<Checked> {
         valid.len(),
         labels.names()
     );
-    let summary = json!({
+    let mut summary = json!({
         "labels": labels.names(),
         "data": {
             "source": config.data.train.display().to_string(),
@@ -206,6 +232,9 @@ pub fn check(config: &TrainConfig) -> Result<Checked> {
             "valid_per_class": count(&valid),
         },
     });
+    if let Some(fraction) = config.data.holdout_fraction {
+        summary["data"]["valid_is_holdout_of_train"] = json!(fraction);
+    }
     Ok(Checked {
         labels,
         train,
