@@ -286,6 +286,22 @@ pub(crate) const MAX_ENCODER_HIDDEN: usize = 8192;
 pub(crate) const MAX_ENCODER_LAYERS: usize = 16;
 pub(crate) const MAX_RANK: usize = 4096;
 
+/// An embedding's vectors replaced by `weights` (an initialisation computed after the module
+/// was built), trainable when the ones replaced were: training has autodiff, inference not.
+pub(crate) fn with_weights(
+    mut embedding: burn::nn::Embedding,
+    weights: Tensor<2>,
+) -> burn::nn::Embedding {
+    embedding.weight = embedding.weight.map(|old| {
+        if old.is_require_grad() {
+            weights.require_grad()
+        } else {
+            weights
+        }
+    });
+    embedding
+}
+
 /// A `[peft]` range check on a size: from 1 to `max`.
 pub(crate) fn count(key: &str, v: usize, max: usize) -> std::result::Result<(), String> {
     if (1..=max).contains(&v) {

@@ -228,14 +228,7 @@ impl PrefixEncoder {
     /// The prefix set to `weights` (`[P, num_layers * 2 * hidden]`), for a prefix without the
     /// projection MLP.
     pub fn with_init_prefix(mut self, weights: Tensor<2>) -> Self {
-        self.embedding.weight = self.embedding.weight.map(|old| {
-            // Trainable when the vectors it replaces were (training); inference has no autodiff.
-            if old.is_require_grad() {
-                weights.require_grad()
-            } else {
-                weights
-            }
-        });
+        self.embedding = super::with_weights(self.embedding, weights);
         self
     }
 

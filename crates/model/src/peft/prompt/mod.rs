@@ -385,14 +385,7 @@ impl PromptEncoder {
 
     /// Replaces the initial vectors (prompt tuning's text init), keeping them trainable.
     pub fn with_init_embeddings(mut self, weights: Tensor<2>) -> Self {
-        self.embedding.weight = self.embedding.weight.map(|old| {
-            // Trainable when the vectors it replaces were (training); inference has no autodiff.
-            if old.is_require_grad() {
-                weights.require_grad()
-            } else {
-                weights
-            }
-        });
+        self.embedding = super::with_weights(self.embedding, weights);
         self
     }
 
